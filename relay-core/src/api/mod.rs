@@ -1,0 +1,93 @@
+//! The HTTP edge: the product's REST API under `/api`, the agent protocol
+//! under `/agent/v1`, and the operational endpoints.
+//!
+//! | route | purpose |
+//! | --- | --- |
+//! | `GET /healthz`, `GET /readyz`, `GET /metrics` | liveness, readiness, Prometheus |
+//! | `GET /api/relay` | relay id, version, uptime, event log depth |
+//! | `GET /api/devices`, `GET /api/devices/:id` | the fleet |
+//! | `GET /api/vulnerabilities` | CVEs open on the fleet |
+//! | `GET/POST /api/compliance/snapshot`, `GET /api/compliance/snapshots[/:id]` | compliance |
+//! | `GET /api/reboot-management`, `POST/DELETE /api/reboot-management/:id/schedule` | reboots |
+//! | `GET/POST /api/patch-exclusions`, `GET/DELETE /api/patch-exclusions/:id` | exclusions |
+//! | `GET/POST /api/keys`, `DELETE /api/keys/:id` | API keys |
+//! | `GET/POST /api/users`, `POST /api/users/:id/disable` | users |
+//! | `POST /agent/v1/enroll`, `POST /agent/v1/checkin` | agents |
+
+mod accounts;
+mod agent;
+mod compliance;
+mod devices;
+mod exclusions;
+mod extract;
+mod middleware;
+mod ops;
+pub mod problem;
+mod reboots;
+mod vulns;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post};
+use axum::Router;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
+
+pub use extract::{Cursor, JsonBody, Params};
+pub use problem::{ApiError, ApiResult};
+
+use crate::relay::Relay;
+
+pub type AppState = Arc<Relay>;
+
+/// The whole public router.
+pub fn router(relay: Arc<Relay>) -> Router {
+    let api = Router::new()
+        .route("/relay", get(ops::relay_info))
+        .route("/devices", get(devices::devices_list))
+        .route("/devices/{device_id}", get(devices::devices_get))
+        .route("/vulnerabilities", get(vulns::vulnerabilities_list))
+        .route("/compliance/snapshot", get(compliance::snapshot_latest).post(compliance::snapshot_take))
+        .route("/compliance/snapshots", get(compliance::snapshots_list))
+        .route("/compliance/snapshots/{snapshot_id}", get(compliance::snapshots_get))
+        .route("/reboot-management", get(reboots::reboots_list))
+        .route(
+            "/reboot-management/{device_id}/schedule",
+            post(reboots::reboots_schedule).delete(reboots::reboots_cancel),
+        )
+        .route("/patch-exclusions", get(exclusions::exclusions_list).post(exclusions::exclusions_create))
+        .route(
+            "/patch-exclusions/{exclusion_id}",
+            get(exclusions::exclusions_get).delete(exclusions::exclusions_delete),
+        )
+        .route("/keys", get(accounts::keys_list).post(accounts::keys_create))
+        .route("/keys/{key_id}", delete(accounts::keys_revoke))
+        .route("/users", get(accounts::users_list).post(accounts::users_create))
+        .route("/users/{user_id}/disable", post(accounts::users_disable))
+        .fallback(middleware::not_found)
+        .layer(axum::middleware::from_fn_with_state(relay.clone(), middleware::require_key))
+        .layer(DefaultBodyLimit::max(relay.config.server.api_body_limit));
+
+    let agent = Router::new()
+        .route("/enroll", post(agent::enroll))
+        .route("/checkin", post(agent::checkin))
+        .fallback(middleware::not_found)
+        .layer(axum::middleware::from_fn_with_state(relay.clone(), middleware::require_ready))
+        .layer(DefaultBodyLimit::max(relay.config.server.agent_body_limit));
+
+    let timeout = Duration::from_secs(relay.config.server.request_timeout_s);
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .nest("/api", api)
+        .nest("/agent/v1", agent)
+        .fallback(middleware::not_found)
+        .layer(axum::middleware::map_response(middleware::problemize))
+        .layer(axum::middleware::from_fn_with_state(relay.clone(), middleware::trace_request))
+        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, timeout))
+        .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .with_state(relay)
+}

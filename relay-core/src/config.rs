@@ -1,0 +1,358 @@
+//! The relay's settings: every field has a documented default, unknown keys
+//! are refused, and [`RelayConfig::validate`] names the key of any bad value.
+//!
+//! The appliance reads TOML into this shape; the library never touches files.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// A setting that cannot be used, with the dotted key it came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("config key `{key}`: {problem}")]
+pub struct ConfigError {
+    pub key: String,
+    pub problem: String,
+}
+
+fn bad(key: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_string(),
+        problem: problem.into(),
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub agents: AgentsConfig,
+    pub limits: LimitsConfig,
+    pub keys: KeysConfig,
+    pub compliance: ComplianceConfig,
+    pub reboot: RebootConfig,
+    pub vulnerabilities: VulnerabilitiesConfig,
+    pub events: EventsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Plain-HTTP listener. Empty to turn it off. Default `127.0.0.1:8080`.
+    pub http_listen: String,
+    /// Largest request body under `/api`, in bytes. Default 1 MiB.
+    pub api_body_limit: usize,
+    /// Largest request body under `/agent`, in bytes. Default 8 MiB.
+    pub agent_body_limit: usize,
+    /// A request that takes longer than this is answered 408. Default 30.
+    pub request_timeout_s: u64,
+    /// Ask for an API key on `/metrics`. Default false.
+    pub metrics_require_key: bool,
+    /// How long shutdown waits for in-flight requests. Default 10.
+    pub shutdown_grace_s: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            http_listen: "127.0.0.1:8080".into(),
+            api_body_limit: 1024 * 1024,
+            agent_body_limit: 8 * 1024 * 1024,
+            request_timeout_s: 30,
+            metrics_require_key: false,
+            shutdown_grace_s: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Where the sled store, the control socket and the enrollment token
+    /// live. Default `./patchpilot-data`.
+    pub data_dir: PathBuf,
+    /// sled's page cache, in MiB (counted in on-disk bytes). Default 16.
+    pub cache_capacity_mib: u64,
+    /// Acknowledge writes only after an fsync. Default true. Turning it off
+    /// opens a loss window of up to `flush_every_ms`; it exists for
+    /// benchmarks and throwaway test relays.
+    pub durable_acks: bool,
+    /// sled's own background flush interval. Default 500.
+    pub flush_every_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("patchpilot-data"),
+            cache_capacity_mib: 16,
+            durable_acks: true,
+            flush_every_ms: 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentsConfig {
+    /// A device with no check-in for this long is offline. Default 900.
+    pub offline_after_s: i64,
+    /// The interval the relay asks agents to check in at. Default 300.
+    pub checkin_interval_s: u64,
+    /// Install results kept per device. Default 20.
+    pub recent_results: usize,
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        Self {
+            offline_after_s: 900,
+            checkin_interval_s: 300,
+            recent_results: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimit {
+    pub read_per_minute: u32,
+    pub read_burst: u32,
+    pub write_per_minute: u32,
+    pub write_burst: u32,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self {
+            read_per_minute: 600,
+            read_burst: 100,
+            write_per_minute: 60,
+            write_burst: 20,
+        }
+    }
+}
+
+impl RateLimit {
+    pub fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
+        let fields = [
+            ("read_per_minute", self.read_per_minute),
+            ("read_burst", self.read_burst),
+            ("write_per_minute", self.write_per_minute),
+            ("write_burst", self.write_burst),
+        ];
+        for (name, value) in fields {
+            if value == 0 || value > 1_000_000 {
+                return Err(bad(
+                    &format!("{prefix}{name}"),
+                    "must be between 1 and 1000000",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Per-key defaults; a key may carry its own.
+    #[serde(flatten)]
+    pub per_key: RateLimit,
+    /// Failed authentications per minute from one address before it gets
+    /// 429. Default 20.
+    pub auth_failures_per_minute: u32,
+    /// Addresses and keys the limiters remember at most. Default 10000.
+    pub max_tracked: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            per_key: RateLimit::default(),
+            auth_failures_per_minute: 20,
+            max_tracked: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeysConfig {
+    /// The longest expiry a key may be given, in days. Default 365.
+    pub max_expiry_days: i64,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            max_expiry_days: 365,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ComplianceConfig {
+    /// How often a snapshot is taken, in seconds. Default 3600.
+    pub interval_s: u64,
+    /// A critical update missing longer than this after release fails the
+    /// policy. Default 14.
+    pub critical_max_age_days: i64,
+    /// A device must have checked in within this many days. Default 7.
+    pub checkin_max_age_days: i64,
+    /// A reboot may be pending at most this many days. Default 3.
+    pub reboot_max_pending_days: i64,
+    /// Snapshots older than this are pruned. Default 90.
+    pub snapshot_retention_days: i64,
+}
+
+impl Default for ComplianceConfig {
+    fn default() -> Self {
+        Self {
+            interval_s: 3600,
+            critical_max_age_days: 14,
+            checkin_max_age_days: 7,
+            reboot_max_pending_days: 3,
+            snapshot_retention_days: 90,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RebootConfig {
+    /// A reboot not handed to its agent this long after `at` is missed.
+    /// Default 7200.
+    pub dispatch_grace_s: i64,
+    /// The furthest ahead a reboot may be scheduled, in days. Default 30.
+    pub max_ahead_days: i64,
+}
+
+impl Default for RebootConfig {
+    fn default() -> Self {
+        Self {
+            dispatch_grace_s: 7200,
+            max_ahead_days: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VulnerabilitiesConfig {
+    /// A CISA KEV JSON file imported at start when it has changed. Empty:
+    /// keep what the store holds (see `patchpilot-relay kev import`).
+    pub kev_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Events older than this are pruned. Default 30.
+    pub retention_days: i64,
+    /// At most this many events are kept; the oldest go first. Default 200000.
+    pub max_events: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            retention_days: 30,
+            max_events: 200_000,
+        }
+    }
+}
+
+impl RelayConfig {
+    /// Checks every value that serde's types alone cannot.
+    ///
+    /// # Errors
+    /// The first bad setting, named by its dotted key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.server.validate()?;
+        self.store.validate()?;
+        self.limits.per_key.validate("limits.")?;
+        positive("limits.auth_failures_per_minute", self.limits.auth_failures_per_minute as i64)?;
+        positive("limits.max_tracked", self.limits.max_tracked as i64)?;
+        in_range("agents.offline_after_s", self.agents.offline_after_s, 10, 30 * 86_400)?;
+        in_range("agents.checkin_interval_s", self.agents.checkin_interval_s as i64, 5, 86_400)?;
+        in_range("agents.recent_results", self.agents.recent_results as i64, 1, 1000)?;
+        in_range("keys.max_expiry_days", self.keys.max_expiry_days, 1, 36_500)?;
+        in_range("compliance.interval_s", self.compliance.interval_s as i64, 10, 30 * 86_400)?;
+        in_range("compliance.critical_max_age_days", self.compliance.critical_max_age_days, 0, 3650)?;
+        in_range("compliance.checkin_max_age_days", self.compliance.checkin_max_age_days, 1, 3650)?;
+        in_range("compliance.reboot_max_pending_days", self.compliance.reboot_max_pending_days, 0, 3650)?;
+        in_range("compliance.snapshot_retention_days", self.compliance.snapshot_retention_days, 1, 3650)?;
+        in_range("reboot.dispatch_grace_s", self.reboot.dispatch_grace_s, 60, 7 * 86_400)?;
+        in_range("reboot.max_ahead_days", self.reboot.max_ahead_days, 1, 365)?;
+        in_range("events.retention_days", self.events.retention_days, 1, 3650)?;
+        in_range("events.max_events", self.events.max_events as i64, 100, 100_000_000)?;
+        Ok(())
+    }
+}
+
+impl ServerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.http_listen.is_empty() && self.http_listen.parse::<SocketAddr>().is_err() {
+            return Err(bad(
+                "server.http_listen",
+                format!("`{}` is not an address:port such as 127.0.0.1:8080", self.http_listen),
+            ));
+        }
+        in_range("server.api_body_limit", self.api_body_limit as i64, 1024, 64 << 20)?;
+        in_range("server.agent_body_limit", self.agent_body_limit as i64, 1024, 256 << 20)?;
+        in_range("server.request_timeout_s", self.request_timeout_s as i64, 1, 3600)?;
+        in_range("server.shutdown_grace_s", self.shutdown_grace_s as i64, 0, 600)?;
+        Ok(())
+    }
+}
+
+impl StoreConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(bad("store.data_dir", "must not be empty"));
+        }
+        in_range("store.cache_capacity_mib", self.cache_capacity_mib as i64, 1, 65_536)?;
+        in_range("store.flush_every_ms", self.flush_every_ms as i64, 1, 60_000)?;
+        Ok(())
+    }
+}
+
+fn positive(key: &str, value: i64) -> Result<(), ConfigError> {
+    if value <= 0 {
+        return Err(bad(key, "must be at least 1"));
+    }
+    Ok(())
+}
+
+fn in_range(key: &str, value: i64, min: i64, max: i64) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(bad(key, format!("{value} is outside {min}..={max}")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        RelayConfig::default().validate().expect("defaults must validate");
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        let mut config = RelayConfig::default();
+        config.limits.per_key.write_burst = 0;
+        let err = config.validate().expect_err("zero burst is invalid");
+        assert_eq!(err.key, "limits.write_burst");
+
+        let mut config = RelayConfig::default();
+        config.server.http_listen = "localhost".into();
+        assert_eq!(config.validate().expect_err("bad addr").key, "server.http_listen");
+    }
+}

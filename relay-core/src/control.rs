@@ -1,0 +1,139 @@
+//! The local control socket: the CLI's way to a running relay.
+//!
+//! sled lets one process hold the store, so `patchpilot-relay keys …` asks
+//! the running relay over a Unix socket in the data directory instead of
+//! opening the store. The socket is created 0600 inside the 0700 data
+//! directory: whoever can open it is the appliance's administrator.
+//!
+//! | route | purpose |
+//! | --- | --- |
+//! | `POST /bootstrap` | first admin user and key, on a relay with no admin |
+//! | `GET/POST /users`, `POST /users/:id/disable` | users |
+//! | `GET/POST /keys`, `DELETE /keys/:id` | keys |
+//! | `POST /enrollment-token` | rotate the site enrollment token |
+//! | `POST /kev` | import a CISA KEV catalog (body: its JSON) |
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::accounts::{NewKey, NewUser};
+use crate::api::problem::{ApiError, ApiResult};
+use crate::api::JsonBody;
+use crate::auth::Role;
+use crate::error::RelayError;
+use crate::ids::{KeyId, UserId};
+use crate::relay::Relay;
+
+pub const SOCKET_NAME: &str = "control.sock";
+
+#[derive(Debug, Deserialize)]
+pub struct Bootstrap {
+    pub name: String,
+    pub expires_in_days: i64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LocalKey {
+    #[serde(flatten)]
+    pub key: NewKey,
+}
+
+pub fn router(relay: Arc<Relay>) -> Router {
+    Router::new()
+        .route("/bootstrap", post(bootstrap))
+        .route("/users", get(users_list).post(users_create))
+        .route("/users/{user_id}/disable", post(users_disable))
+        .route("/keys", get(keys_list).post(keys_create))
+        .route("/keys/{key_id}", delete(keys_revoke))
+        .route("/enrollment-token", post(enrollment_rotate))
+        .route("/kev", post(kev_import))
+        .layer(axum::extract::DefaultBodyLimit::max(16 << 20))
+        .with_state(relay)
+}
+
+/// Creates the first admin and their key. Refused once an admin exists.
+///
+/// # Errors
+/// 409 when an admin exists; 422 for bad fields.
+pub async fn bootstrap_admin(relay: &Relay, req: Bootstrap) -> Result<serde_json::Value, RelayError> {
+    if relay.auth.has_admin() {
+        return Err(RelayError::Conflict {
+            detail: "an admin exists already; create keys with `keys create`".into(),
+        });
+    }
+    let user = relay
+        .create_user(NewUser {
+            name: req.name,
+            role: Role::Admin.as_str().into(),
+        })
+        .await?;
+    let key = relay
+        .create_key(
+            NewKey {
+                name: "bootstrap".into(),
+                user_id: None,
+                expires_in_days: Some(req.expires_in_days),
+                expires_at: None,
+                rate_limit: None,
+            },
+            user.user_id,
+        )
+        .await?;
+    Ok(json!({"user": user, "key": key}))
+}
+
+async fn bootstrap(State(relay): State<Arc<Relay>>, JsonBody(req): JsonBody<Bootstrap>) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    Ok((StatusCode::CREATED, Json(bootstrap_admin(&relay, req).await?)))
+}
+
+async fn users_list(State(relay): State<Arc<Relay>>) -> Json<serde_json::Value> {
+    Json(json!({"users": relay.users()}))
+}
+
+async fn users_create(State(relay): State<Arc<Relay>>, JsonBody(req): JsonBody<NewUser>) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let user = relay.create_user(req).await?;
+    Ok((StatusCode::CREATED, Json(json!(user))))
+}
+
+async fn users_disable(State(relay): State<Arc<Relay>>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+    let id: UserId = id.parse().map_err(|_| ApiError::NotFound("no such user".into()))?;
+    Ok(Json(json!(relay.disable_user(id).await?)))
+}
+
+async fn keys_list(State(relay): State<Arc<Relay>>) -> Json<serde_json::Value> {
+    Json(json!({"keys": relay.keys()}))
+}
+
+async fn keys_create(State(relay): State<Arc<Relay>>, JsonBody(req): JsonBody<LocalKey>) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let owner = match &req.key.user_id {
+        Some(id) => id.parse::<UserId>().map_err(|_| ApiError::from(RelayError::invalid("user_id", "is not a user id")))?,
+        None => return Err(RelayError::invalid("user_id", "name the user the key is for (--user)").into()),
+    };
+    let created = relay.create_key(req.key, owner).await?;
+    Ok((StatusCode::CREATED, Json(json!(created))))
+}
+
+async fn keys_revoke(State(relay): State<Arc<Relay>>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let id: KeyId = id.parse().map_err(|_| ApiError::NotFound("no such key".into()))?;
+    relay.revoke_key(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn enrollment_rotate(State(relay): State<Arc<Relay>>) -> ApiResult<Json<serde_json::Value>> {
+    let token = relay.rotate_enrollment_token().await?;
+    Ok(Json(json!({"enrollment_token": token.expose()})))
+}
+
+async fn kev_import(State(relay): State<Arc<Relay>>, body: Bytes) -> ApiResult<Json<serde_json::Value>> {
+    let catalog = crate::vulns::parse_kev(&body).map_err(|e| ApiError::Invalid(vec![crate::error::FieldError::new("body", e.to_string())]))?;
+    let version = catalog.version.clone();
+    let entries = relay.import_kev(catalog).await?;
+    Ok(Json(json!({"entries": entries, "version": version})))
+}

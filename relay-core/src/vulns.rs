@@ -1,0 +1,235 @@
+//! Vulnerabilities across the fleet: every CVE open on at least one device,
+//! derived from the stored update sets, flagged `known_exploited` from the
+//! CISA KEV catalog the relay holds.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Timestamp;
+use crate::error::{RelayError, RelayResult};
+use crate::ids::DeviceId;
+use crate::inventory::Severity;
+use crate::relay::{KevCatalog, Relay};
+use crate::store::{Batch, Store, StoreError, Table};
+
+const META_KEV_VERSION: &[u8] = b"kev_version";
+
+/// One CVE open on the fleet.
+#[derive(Debug, Clone, Serialize)]
+pub struct Vulnerability {
+    pub cve_id: String,
+    pub severity: Severity,
+    pub cvss_score: Option<f32>,
+    pub known_exploited: bool,
+    pub affected_devices: usize,
+    pub device_ids: Vec<DeviceId>,
+    pub fixed_by: Vec<String>,
+    pub first_detected: Option<Timestamp>,
+    pub last_detected: Option<Timestamp>,
+}
+
+impl Vulnerability {
+    /// The default order: known-exploited first, then severity, then the
+    /// number of affected devices; the CVE id breaks ties.
+    pub fn sort_key(&self) -> (bool, std::cmp::Reverse<Severity>, std::cmp::Reverse<usize>, String) {
+        (
+            !self.known_exploited,
+            std::cmp::Reverse(self.severity),
+            std::cmp::Reverse(self.affected_devices),
+            self.cve_id.clone(),
+        )
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct VulnFilter {
+    pub severity: Option<Severity>,
+    pub device_id: Option<DeviceId>,
+    pub known_exploited: Option<bool>,
+    pub min_cvss: Option<f32>,
+}
+
+#[derive(Deserialize)]
+struct KevFile {
+    #[serde(rename = "catalogVersion")]
+    catalog_version: Option<String>,
+    vulnerabilities: Vec<KevEntry>,
+}
+
+#[derive(Deserialize)]
+struct KevEntry {
+    #[serde(rename = "cveID")]
+    cve_id: String,
+}
+
+/// Why a KEV file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum KevError {
+    #[error("not a CISA KEV catalog: {0}")]
+    Format(String),
+    #[error("entry {index} has an invalid CVE id")]
+    BadCve { index: usize },
+}
+
+/// Parses the CISA KEV JSON into a catalog.
+///
+/// # Errors
+/// The text is not the KEV format, or an entry's CVE id is invalid.
+pub fn parse_kev(text: &[u8]) -> Result<KevCatalog, KevError> {
+    let file: KevFile = serde_json::from_slice(text).map_err(|e| KevError::Format(e.to_string()))?;
+    let mut cves = HashSet::with_capacity(file.vulnerabilities.len());
+    for (index, entry) in file.vulnerabilities.iter().enumerate() {
+        let cve = crate::inventory::normalize_cve(&entry.cve_id).ok_or(KevError::BadCve { index })?;
+        cves.insert(cve);
+    }
+    Ok(KevCatalog {
+        version: file.catalog_version,
+        cves,
+    })
+}
+
+/// The KEV catalog as stored.
+///
+/// # Errors
+/// A storage failure.
+pub fn load_kev(store: &Store) -> Result<KevCatalog, StoreError> {
+    let version = store.get::<String>(Table::Meta, META_KEV_VERSION)?;
+    let cves = store
+        .keys(Table::Kev)?
+        .into_iter()
+        .filter_map(|k| String::from_utf8(k).ok())
+        .collect();
+    Ok(KevCatalog { version, cves })
+}
+
+impl Relay {
+    /// Replaces the KEV catalog, all at once.
+    ///
+    /// # Errors
+    /// A storage failure; the old catalog stays.
+    pub async fn import_kev(&self, catalog: KevCatalog) -> RelayResult<usize> {
+        {
+            let mut writer = self.store.writer();
+        let mut batch = Batch::new();
+        for old in writer.store().keys(Table::Kev)? {
+            if !catalog.cves.contains(std::str::from_utf8(&old).unwrap_or("")) {
+                batch.delete(Table::Kev, old);
+            }
+        }
+        for cve in &catalog.cves {
+            batch.put(Table::Kev, cve.as_bytes().to_vec(), &());
+        }
+        match &catalog.version {
+            Some(v) => batch.put(Table::Meta, META_KEV_VERSION.to_vec(), v),
+            None => batch.delete(Table::Meta, META_KEV_VERSION.to_vec()),
+        }
+        writer.apply(batch)?;
+        }
+        self.store.sync_now().await?;
+        let count = catalog.cves.len();
+        *self.kev.write().unwrap_or_else(|p| p.into_inner()) = catalog;
+        tracing::info!(entries = count, "KEV catalog imported");
+        Ok(count)
+    }
+
+    pub fn is_known_exploited(&self, cve: &str) -> bool {
+        self.kev.read().unwrap_or_else(|p| p.into_inner()).cves.contains(cve)
+    }
+
+    /// Every CVE open on the fleet, filtered and in the default order.
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub fn vulnerabilities(&self, filter: &VulnFilter) -> RelayResult<Vec<Vulnerability>> {
+        let mut by_cve: HashMap<String, Vulnerability> = HashMap::new();
+        let mut fixed_by: HashMap<String, HashSet<String>> = HashMap::new();
+        for (hash, devices) in self.fleet.devices_by_set() {
+            let devices: Vec<DeviceId> = match filter.device_id {
+                Some(only) if devices.contains(&only) => vec![only],
+                Some(_) => continue,
+                None => devices,
+            };
+            for update in self.update_set(&hash)? {
+                for cve in &update.cves {
+                    let entry = by_cve.entry(cve.id.clone()).or_insert_with(|| Vulnerability {
+                        cve_id: cve.id.clone(),
+                        severity: update.severity,
+                        cvss_score: None,
+                        known_exploited: false,
+                        affected_devices: 0,
+                        device_ids: Vec::new(),
+                        fixed_by: Vec::new(),
+                        first_detected: None,
+                        last_detected: None,
+                    });
+                    entry.severity = entry.severity.max(update.severity);
+                    entry.cvss_score = max_score(entry.cvss_score, cve.cvss);
+                    entry.device_ids.extend(&devices);
+                    let fix = update.kb.clone().unwrap_or_else(|| update.update_id.clone());
+                    fixed_by.entry(cve.id.clone()).or_default().insert(fix);
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(by_cve.len());
+        for (cve, mut v) in by_cve {
+            self.finish_vulnerability(&mut v, fixed_by.remove(&cve).unwrap_or_default())?;
+            if keep(&v, filter) {
+                out.push(v);
+            }
+        }
+        out.sort_by_cached_key(Vulnerability::sort_key);
+        Ok(out)
+    }
+
+    fn finish_vulnerability(&self, v: &mut Vulnerability, fixes: HashSet<String>) -> Result<(), RelayError> {
+        v.device_ids.sort();
+        v.device_ids.dedup();
+        v.affected_devices = v.device_ids.len();
+        v.known_exploited = self.is_known_exploited(&v.cve_id);
+        v.fixed_by = fixes.into_iter().collect();
+        v.fixed_by.sort();
+        v.first_detected = self.store.get(Table::CvesSeen, v.cve_id.as_bytes())?;
+        v.last_detected = v.device_ids.iter().filter_map(|d| self.fleet.last_seen_of(*d)).max();
+        Ok(())
+    }
+}
+
+fn max_score(a: Option<f32>, b: Option<f32>) -> Option<f32> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, y) => x.or(y),
+    }
+}
+
+fn keep(v: &Vulnerability, f: &VulnFilter) -> bool {
+    f.severity.is_none_or(|s| s == v.severity)
+        && f.known_exploited.is_none_or(|k| k == v.known_exploited)
+        && f.min_cvss.is_none_or(|min| v.cvss_score.is_some_and(|s| s >= min))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kev_json_is_parsed_and_ids_normalised() {
+        let json = br#"{"catalogVersion":"2025.08.25","vulnerabilities":[{"cveID":"cve-2021-44228"},{"cveID":"CVE-2024-21412"}]}"#;
+        let kev = parse_kev(json).expect("valid");
+        assert_eq!(kev.version.as_deref(), Some("2025.08.25"));
+        assert!(kev.cves.contains("CVE-2021-44228"));
+        assert!(parse_kev(br#"{"vulnerabilities":[{"cveID":"nope"}]}"#).is_err());
+        assert!(parse_kev(b"[]").is_err());
+    }
+
+    #[test]
+    fn the_real_kev_catalog_parses() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/data/kev/known_exploited_vulnerabilities.json");
+        let Ok(text) = std::fs::read(&path) else {
+            panic!("the shared KEV data is missing at {}", path.display());
+        };
+        let kev = parse_kev(&text).expect("the published catalog parses");
+        assert_eq!(kev.cves.len(), 1404);
+    }
+}
