@@ -1,1 +1,171 @@
-fn main() {}
+//! `patchpilot-relay`: the appliance binary. CLI, config, logging and the
+//! wiring of `relay-core`; no behaviour of its own beyond that.
+
+mod control_client;
+mod serve;
+mod settings;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use axum::http::Method;
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+/// The PatchPilot relay: the on-site appliance that keeps the fleet's patch
+/// state and serves the PatchPilot API on the LAN.
+#[derive(Parser)]
+#[command(name = "patchpilot-relay", version)]
+struct Cli {
+    /// TOML config file (default: the built-in config).
+    #[arg(long, global = true, env = "PATCHPILOT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Overrides `store.data_dir`.
+    #[arg(long, global = true, env = "PATCHPILOT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Log format: text or json.
+    #[arg(long, global = true, default_value = "text")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay.
+    Serve,
+    /// Create the first admin user and key on a fresh relay.
+    InitAdmin {
+        /// The admin's name.
+        #[arg(long, default_value = "admin")]
+        name: String,
+        /// Days until the key expires.
+        #[arg(long, default_value_t = 90)]
+        expires_in_days: i64,
+    },
+    /// Manage users.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Manage API keys (works while the relay runs).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Mint a new site enrollment token; the old one stops working.
+    RotateEnrollmentToken,
+    /// Import a CISA KEV catalog (known_exploited_vulnerabilities.json).
+    ImportKev { file: PathBuf },
+    /// Check a config file and print the settings in force.
+    CheckConfig,
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    List,
+    Create {
+        #[arg(long)]
+        name: String,
+        /// admin, operator or viewer.
+        #[arg(long)]
+        role: String,
+    },
+    Disable { user_id: String },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    List,
+    Create {
+        /// The user the key belongs to (usr_…).
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value_t = 90)]
+        expires_in_days: i64,
+    },
+    Revoke { key_id: String },
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PATCHPILOT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    let config = match settings::load(cli.config.as_deref(), cli.data_dir.as_deref()) {
+        Ok(c) => c,
+        Err(err) => {
+            eprintln!("patchpilot-relay: {err:#}");
+            return ExitCode::from(64);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("patchpilot-relay: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("patchpilot-relay: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command, config: relay_core::RelayConfig) -> anyhow::Result<()> {
+    use control_client::{call, expect_ok};
+    let (method, path, body) = match command {
+        Command::Serve => return serve::run(config).await,
+        Command::CheckConfig => {
+            println!("{}", toml::to_string_pretty(&config)?);
+            return Ok(());
+        }
+        Command::InitAdmin { name, expires_in_days } => {
+            let (status, body) = call(&config, Method::POST, "/bootstrap", Some(json!({"name": name, "expires_in_days": expires_in_days}))).await?;
+            let body = expect_ok(status, body)?;
+            println!("admin user: {}", body["user"]["user_id"].as_str().unwrap_or(""));
+            println!("API key (shown once, store it now): {}", body["key"]["key"].as_str().unwrap_or(""));
+            return Ok(());
+        }
+        Command::RotateEnrollmentToken => {
+            let (status, body) = call(&config, Method::POST, "/enrollment-token", None).await?;
+            let body = expect_ok(status, body)?;
+            let token = body["enrollment_token"].as_str().unwrap_or("");
+            let path = serve::write_enrollment_token(&config.store.data_dir, token)?;
+            println!("new enrollment token written to {} (0600): {token}", path.display());
+            return Ok(());
+        }
+        Command::ImportKev { file } => {
+            let text = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let value: serde_json::Value = serde_json::from_slice(&text).with_context(|| format!("{} is not JSON", file.display()))?;
+            (Method::POST, "/kev".to_string(), Some(value))
+        }
+        Command::Users(UsersCommand::List) => (Method::GET, "/users".into(), None),
+        Command::Users(UsersCommand::Create { name, role }) => (Method::POST, "/users".into(), Some(json!({"name": name, "role": role}))),
+        Command::Users(UsersCommand::Disable { user_id }) => (Method::POST, format!("/users/{user_id}/disable"), None),
+        Command::Keys(KeysCommand::List) => (Method::GET, "/keys".into(), None),
+        Command::Keys(KeysCommand::Create { user, name, expires_in_days }) => (
+            Method::POST,
+            "/keys".into(),
+            Some(json!({"user_id": user, "name": name, "expires_in_days": expires_in_days})),
+        ),
+        Command::Keys(KeysCommand::Revoke { key_id }) => (Method::DELETE, format!("/keys/{key_id}"), None),
+    };
+    let (status, body) = call(&config, method, &path, body).await?;
+    let body = expect_ok(status, body)?;
+    if !body.is_null() {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+    }
+    Ok(())
+}

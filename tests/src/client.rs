@@ -278,7 +278,14 @@ fn transport(e: reqwest::Error) -> CallError {
     } else {
         "request"
     };
-    CallError::Transport(format!("{kind}: {e}"))
+    let mut message = format!("{kind}: {e}");
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    CallError::Transport(message)
 }
 
 fn decode<T: DeserializeOwned>(status: StatusCode, bytes: &[u8]) -> Result<T, CallError> {

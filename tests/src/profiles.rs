@@ -10,6 +10,8 @@
 //! is cached as JSON, keyed on the inputs' sizes and modification times.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::UNIX_EPOCH;
 
 use anyhow::Context as _;
@@ -101,6 +103,10 @@ pub fn load_profiles(shared_data_dir: &Path) -> anyhow::Result<Vec<Profile>> {
 /// All profiles, from `cache` when its key matches the inputs; otherwise
 /// built and written to `cache` (a failed cache write is not an error).
 pub fn load_profiles_cached(shared_data_dir: &Path, cache: &Path) -> anyhow::Result<Vec<Profile>> {
+    // Concurrent callers in one process (parallel tests) wait for a single
+    // build and then read its cache.
+    static BUILD: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let key = cache_key(shared_data_dir)?;
     if let Some(profiles) = read_cache(cache, &key) {
         return Ok(profiles);
@@ -112,11 +118,18 @@ pub fn load_profiles_cached(shared_data_dir: &Path, cache: &Path) -> anyhow::Res
 }
 
 /// Builds all profiles from the inputs (no cache).
+/// The catalog and apt are read in parallel (each takes about a second).
 pub fn build_profiles(shared_data_dir: &Path) -> anyhow::Result<Vec<Profile>> {
-    let mut profiles = build_windows_profiles(shared_data_dir)?;
-    if linux::has_dpkg() {
-        profiles.push(build_linux_profile()?);
-    }
+    let (windows, linux) = std::thread::scope(|scope| {
+        let linux = scope.spawn(|| linux::has_dpkg().then(build_linux_profile).transpose());
+        let windows = build_windows_profiles(shared_data_dir);
+        let linux = linux
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("reading the Linux profile panicked")));
+        (windows, linux)
+    });
+    let mut profiles = windows?;
+    profiles.extend(linux?);
     Ok(profiles)
 }
 
@@ -306,16 +319,92 @@ fn write_cache(cache: &Path, key: &CacheKey, profiles: &[Profile]) -> anyhow::Re
     if let Some(dir) = cache.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = cache.with_extension(format!("tmp.{}", std::process::id()));
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, Ordering::Relaxed);
+    let tmp = cache.with_extension(format!("tmp.{}.{n}", std::process::id()));
     let json = serde_json::to_vec(&CacheFileRef { key, profiles })?;
-    std::fs::write(&tmp, json)?;
-    std::fs::rename(&tmp, cache)?;
-    Ok(())
+    let written = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, cache));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    Ok(written?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// (file prefix, catalog product, missing KBs) for the shared data set.
+    const EXPECTED: [(&str, &str, usize); 11] = [
+        (
+            "10_1809",
+            "Windows 10 Version 1809 for x64-based Systems",
+            94,
+        ),
+        (
+            "10_21H2",
+            "Windows 10 Version 21H2 for x64-based Systems",
+            53,
+        ),
+        (
+            "10_22H2",
+            "Windows 10 Version 22H2 for x64-based Systems",
+            45,
+        ),
+        (
+            "11_21H2",
+            "Windows 11 version 21H2 for x64-based Systems",
+            41,
+        ),
+        (
+            "11_22H2",
+            "Windows 11 Version 22H2 for x64-based Systems",
+            38,
+        ),
+        (
+            "11_23H2",
+            "Windows 11 Version 23H2 for x64-based Systems",
+            31,
+        ),
+        (
+            "7_sp1",
+            "Windows 7 for x64-based Systems Service Pack 1",
+            403,
+        ),
+        ("8.1_u1", "Windows 8.1 for x64-based Systems", 463),
+        ("srv_2016", "Windows Server 2016", 104),
+        ("srv_2019", "Windows Server 2019", 95),
+        ("srv_2022", "Windows Server 2022", 94),
+    ];
+
+    #[test]
+    fn windows_profiles_from_shared_data() -> anyhow::Result<()> {
+        let profiles = load_profiles(&default_data_dir())?;
+        let windows: Vec<&Profile> = profiles
+            .iter()
+            .filter(|p| p.os_family == OsFamily::Windows)
+            .collect();
+        assert_eq!(windows.len(), EXPECTED.len());
+        for (p, (prefix, product, missing)) in windows.iter().zip(EXPECTED) {
+            assert!(p.source.starts_with(prefix), "{} vs {prefix}", p.source);
+            assert_eq!(p.product.as_deref(), Some(product), "{}", p.source);
+            assert_eq!(p.updates.len(), missing, "{}", p.source);
+            assert_eq!(p.supersedes.len(), missing, "{}", p.source);
+            for u in &p.updates {
+                let kb = u.kb.as_deref().unwrap_or_default();
+                assert!(
+                    !p.installed_kbs.iter().any(|i| i == kb),
+                    "{kb} is installed"
+                );
+                assert!(u
+                    .released_at
+                    .as_deref()
+                    .is_some_and(|r| r.ends_with("T00:00:00Z")));
+            }
+            assert!(p.distinct_cves() > 1000, "{}", p.source);
+        }
+        Ok(())
+    }
 
     #[test]
     fn cache_key_covers_the_inputs() -> anyhow::Result<()> {

@@ -215,15 +215,19 @@ fn progress_bar(total: Option<u64>) -> ProgressBar {
     if !std::io::stdout().is_terminal() {
         return ProgressBar::hidden();
     }
-    let bar = match total {
-        Some(n) => ProgressBar::new(n),
-        None => ProgressBar::new_spinner(),
+    let (bar, template) = match total {
+        Some(n) => (
+            ProgressBar::new(n),
+            "{spinner} {msg:10} [{elapsed_precise}] {wide_bar} {pos}/{len} eta {eta}",
+        ),
+        None => (
+            ProgressBar::new_spinner(),
+            "{spinner} {msg:10} [{elapsed_precise}] {pos}",
+        ),
     };
-    let style = ProgressStyle::with_template(
-        "{spinner} {msg:10} [{elapsed_precise}] {pos}/{len} {per_sec}",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
-    bar.set_style(style);
+    bar.set_style(
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
 }
@@ -247,7 +251,7 @@ async fn simulate(cli: &Cli, profiles: &[Profile]) -> anyhow::Result<()> {
     let client = cli.client()?.with_stats(fleet.stats().clone());
     let started = Instant::now();
 
-    let bar = progress_bar(Some(cli.agents as u64));
+    let bar = progress_bar(None);
     bar.set_message("enrolling");
     let enrolled = fleet.enroll_all(&client, &token).await?;
     bar.finish_and_clear();

@@ -1,0 +1,102 @@
+//! The CLI's side of the control socket. With a relay running, requests go
+//! over `<data_dir>/control.sock`; with none, the CLI opens the store itself
+//! and runs the very same handlers in-process.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use relay_core::{Relay, RelayConfig};
+use tower::ServiceExt;
+
+/// Sends one request to the relay's control API and returns the status and
+/// JSON body.
+///
+/// # Errors
+/// Neither the socket nor the store can be reached, or the answer is not JSON.
+pub async fn call(
+    config: &RelayConfig,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<(StatusCode, serde_json::Value)> {
+    let socket = crate::settings::socket_path(config);
+    let request = build(method, path, body)?;
+    match tokio::net::UnixStream::connect(&socket).await {
+        Ok(stream) => over_socket(stream, request).await,
+        Err(_) => in_process(config, request, &socket).await,
+    }
+}
+
+fn build(method: Method, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<Request<Body>> {
+    let builder = Request::builder().method(method).uri(path).header("host", "relay");
+    let request = match body {
+        Some(json) => builder
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(&json)?))?,
+        None => builder.body(Body::empty())?,
+    };
+    Ok(request)
+}
+
+async fn over_socket(stream: tokio::net::UnixStream, request: Request<Body>) -> anyhow::Result<(StatusCode, serde_json::Value)> {
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("the control socket did not answer")?;
+    tokio::spawn(connection);
+    let response = sender.send_request(request).await.context("the control request failed")?;
+    let status = response.status();
+    let bytes = response.into_body().collect().await?.to_bytes();
+    Ok((status, parse(&bytes)))
+}
+
+async fn in_process(config: &RelayConfig, request: Request<Body>, socket: &Path) -> anyhow::Result<(StatusCode, serde_json::Value)> {
+    let relay = match Relay::open(config.clone(), relay_core::clock::Clock::system()) {
+        Ok(relay) => relay,
+        Err(err) => bail!(
+            "cannot reach a running relay at {} nor open its store: {err:#}",
+            socket.display()
+        ),
+    };
+    relay.set_lifecycle(relay_core::Lifecycle::Ready);
+    let response = relay_core::control::router(relay.clone())
+        .oneshot(request)
+        .await
+        .context("the control request failed")?;
+    let status = response.status();
+    let bytes = response.into_body().collect().await?.to_bytes();
+    relay.store.sync_now().await?;
+    Ok((status, parse(&bytes)))
+}
+
+fn parse(bytes: &[u8]) -> serde_json::Value {
+    if bytes.is_empty() {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_slice(bytes).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(bytes).into()))
+}
+
+/// Turns a non-2xx answer into an error carrying the relay's own words.
+///
+/// # Errors
+/// When `status` is not a success.
+pub fn expect_ok(status: StatusCode, body: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    if status.is_success() {
+        return Ok(body);
+    }
+    let detail = body.get("detail").and_then(|d| d.as_str()).map(str::to_string).unwrap_or_else(|| body.to_string());
+    let fields = body
+        .get("errors")
+        .and_then(|e| e.as_array())
+        .map(|errors| {
+            errors
+                .iter()
+                .map(|e| format!("\n  {}: {}", e["field"].as_str().unwrap_or(""), e["message"].as_str().unwrap_or("")))
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    bail!("the relay refused: {detail}{fields}")
+}

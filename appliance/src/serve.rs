@@ -1,0 +1,157 @@
+//! `patchpilot-relay serve`: open the store, bind the listeners, run until
+//! SIGTERM or SIGINT, then drain requests and flush the store.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use relay_core::clock::Clock;
+use relay_core::{Lifecycle, Relay, RelayConfig};
+use tokio::sync::watch;
+
+/// Runs the relay until a stop signal.
+///
+/// # Errors
+/// The store cannot be opened or a listener cannot be bound.
+pub async fn run(config: RelayConfig) -> anyhow::Result<()> {
+    let dir = &config.store.data_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    set_mode(dir, 0o700)?;
+    let relay = Relay::open(config.clone(), Clock::system()).context("cannot open the store")?;
+    tracing::info!(relay_id = %relay.relay_id, data_dir = %config.store.data_dir.display(), devices = relay.fleet.len(), "store opened");
+    first_start(&relay).await?;
+    import_configured_kev(&relay).await;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut servers = Vec::new();
+    if !config.server.http_listen.is_empty() {
+        let addr: SocketAddr = config.server.http_listen.parse().context("server.http_listen")?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let app = relay_core::api::router(relay.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let mut stop = stop_rx.clone();
+        tracing::info!(address = %listener.local_addr()?, "listening for HTTP");
+        servers.push(tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.changed().await;
+                })
+                .await
+        }));
+    }
+    servers.push(control_socket(&relay, &config, stop_rx.clone())?);
+    let tasks = tokio::spawn(relay_core::tasks::run(relay.clone(), stop_rx));
+
+    relay.set_lifecycle(Lifecycle::Ready);
+    tracing::info!("relay ready");
+    wait_for_signal().await;
+
+    tracing::info!("stopping: draining requests");
+    relay.set_lifecycle(Lifecycle::Stopping);
+    let _ = stop_tx.send(true);
+    let grace = Duration::from_secs(config.server.shutdown_grace_s);
+    let drained = tokio::time::timeout(grace, async {
+        for server in servers {
+            let _ = server.await;
+        }
+        let _ = tasks.await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(grace_s = grace.as_secs(), "requests still running at the shutdown deadline");
+    }
+    relay.store.sync_now().await.context("final store flush failed")?;
+    let _ = std::fs::remove_file(crate::settings::socket_path(&config));
+    tracing::info!("relay stopped");
+    Ok(())
+}
+
+fn control_socket(
+    relay: &Arc<Relay>,
+    config: &RelayConfig,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let path = crate::settings::socket_path(config);
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path).with_context(|| format!("cannot create the control socket {}", path.display()))?;
+    set_mode(&path, 0o600)?;
+    let app = relay_core::control::router(relay.clone());
+    Ok(tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.changed().await;
+            })
+            .await
+    }))
+}
+
+fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).with_context(|| format!("cannot set the mode of {}", path.display()))
+}
+
+/// On a fresh store: mint the site enrollment token and leave it in a
+/// root-only file for the technician. It is never logged.
+async fn first_start(relay: &Relay) -> anyhow::Result<()> {
+    if relay.has_enrollment_token() {
+        return Ok(());
+    }
+    let token = relay.rotate_enrollment_token().await?;
+    let path = write_enrollment_token(&relay.config.store.data_dir, token.expose())?;
+    tracing::info!(file = %path.display(), "site enrollment token created");
+    Ok(())
+}
+
+/// Writes the enrollment token file (0600) and returns its path.
+///
+/// # Errors
+/// The file cannot be written.
+pub fn write_enrollment_token(data_dir: &Path, token: &str) -> anyhow::Result<std::path::PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("enrollment-token");
+    let _ = std::fs::remove_file(&path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(file, "{token}")?;
+    file.sync_all()?;
+    Ok(path)
+}
+
+async fn import_configured_kev(relay: &Relay) {
+    let Some(path) = relay.config.vulnerabilities.kev_file.clone() else { return };
+    let catalog = match std::fs::read(&path).map_err(anyhow::Error::from).and_then(|b| Ok(relay_core::vulns::parse_kev(&b)?)) {
+        Ok(c) => c,
+        Err(err) => {
+            tracing::warn!(file = %path.display(), error = %err, "KEV catalog not imported");
+            return;
+        }
+    };
+    let current = relay.kev.read().map(|k| k.version.clone()).unwrap_or_default();
+    if current.is_some() && current == catalog.version {
+        return;
+    }
+    if let Err(err) = relay.import_kev(catalog).await {
+        tracing::warn!(file = %path.display(), error = %err, "KEV catalog not imported");
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
