@@ -1,1 +1,9 @@
+//! Black-box tests of the relay: the real binary on a free loopback port,
+//! driven by the fleet simulator built from the shared real data.
+//!
+//! One test binary on purpose: each extra binary links the whole crate again.
 
+mod api;
+mod crash;
+mod errors;
+mod support;

@@ -6,6 +6,7 @@
 //! results go out with the next check-in; an installed update (and whatever
 //! it supersedes) is no longer reported as available.
 
+use std::fmt;
 use std::sync::Arc;
 
 use rand::rngs::StdRng;
@@ -79,7 +80,7 @@ pub struct SentCheckin {
 /// A profile shared by its clones, with its updates pre-serialized as JSON
 /// (check-in bodies are spliced together from these, which keeps large
 /// fleets cheap to drive).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SharedProfile {
     profile: Arc<Profile>,
     update_json: Arc<[Box<str>]>,
@@ -107,8 +108,17 @@ impl SharedProfile {
     }
 }
 
+impl fmt::Debug for SharedProfile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedProfile")
+            .field("source", &self.profile.source)
+            .field("updates", &self.profile.updates.len())
+            .finish()
+    }
+}
+
 /// A simulated device.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Agent {
     index: usize,
     profile: Arc<Profile>,
@@ -131,6 +141,23 @@ pub struct Agent {
     last_response: Option<CheckinResponse>,
     checkins_ok: u64,
     rng: StdRng,
+}
+
+/// Short form: a profile's update list can be large.
+impl fmt::Debug for Agent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Agent")
+            .field("index", &self.index)
+            .field("hostname", &self.hostname)
+            .field("machine_id", &self.machine_id)
+            .field("device_id", &self.device_id())
+            .field("profile", &self.profile.source)
+            .field("available", &self.available_indices().count())
+            .field("installed", &self.installed.len())
+            .field("reboot_pending_since", &self.reboot_pending_since)
+            .field("checkins_ok", &self.checkins_ok)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Deterministic machine id (GUID-shaped) for `seed` and `index`.

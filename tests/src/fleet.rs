@@ -35,11 +35,19 @@ impl RoundReport {
 
 /// N agents cloned round-robin from the profiles; they share each profile
 /// (and its update list) through an `Arc`.
-#[derive(Debug)]
 pub struct Fleet {
     agents: Vec<Agent>,
     behaviour: Behaviour,
     stats: Arc<Stats>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("agents", &self.agents.len())
+            .field("behaviour", &self.behaviour)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Fleet {

@@ -23,6 +23,7 @@ pub mod agent;
 pub mod catalog;
 pub mod client;
 pub mod fleet;
+pub mod harness;
 pub mod linux;
 pub mod products;
 pub mod profiles;

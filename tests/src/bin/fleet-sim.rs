@@ -16,7 +16,7 @@ use relay_tests::{Behaviour, Fleet, RelayClient, RetryPolicy};
 
 /// Simulate a fleet of PatchPilot agents against a relay.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Cli {
     /// Relay base URL (loopback only unless --allow-non-loopback).
     #[arg(
@@ -26,12 +26,8 @@ struct Cli {
     )]
     relay_url: String,
 
-    /// Enrollment token.
-    #[arg(
-        long,
-        env = "PATCHPILOT_ENROLLMENT_TOKEN",
-        conflicts_with = "enrollment_token_file"
-    )]
+    /// Enrollment token (--enrollment-token-file wins when both are given).
+    #[arg(long, env = "PATCHPILOT_ENROLLMENT_TOKEN")]
     enrollment_token: Option<String>,
 
     /// File holding the enrollment token.
@@ -70,7 +66,7 @@ struct Cli {
     #[arg(long, env = "PATCHPILOT_SHARED_DATA")]
     data_dir: Option<PathBuf>,
 
-    /// Profile cache file (default: <target dir>/fleet-profiles-v1.json).
+    /// Profile cache file (default: `<target dir>/fleet-profiles-v1.json`).
     #[arg(long)]
     cache: Option<PathBuf>,
 
@@ -129,10 +125,10 @@ impl Cli {
 
     fn enrollment_token(&self) -> anyhow::Result<String> {
         let token = match (&self.enrollment_token, &self.enrollment_token_file) {
-            (Some(t), _) => t.clone(),
-            (None, Some(path)) => {
+            (_, Some(path)) => {
                 std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?
             }
+            (Some(t), None) => t.clone(),
             (None, None) => bail!("give --enrollment-token or --enrollment-token-file"),
         };
         let token = token.trim().to_owned();
