@@ -31,8 +31,15 @@ pub async fn call(
     }
 }
 
-fn build(method: Method, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<Request<Body>> {
-    let builder = Request::builder().method(method).uri(path).header("host", "relay");
+fn build(
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<Request<Body>> {
+    let builder = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "relay");
     let request = match body {
         Some(json) => builder
             .header("content-type", "application/json")
@@ -42,18 +49,28 @@ fn build(method: Method, path: &str, body: Option<serde_json::Value>) -> anyhow:
     Ok(request)
 }
 
-async fn over_socket(stream: tokio::net::UnixStream, request: Request<Body>) -> anyhow::Result<(StatusCode, serde_json::Value)> {
+async fn over_socket(
+    stream: tokio::net::UnixStream,
+    request: Request<Body>,
+) -> anyhow::Result<(StatusCode, serde_json::Value)> {
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .context("the control socket did not answer")?;
     tokio::spawn(connection);
-    let response = sender.send_request(request).await.context("the control request failed")?;
+    let response = sender
+        .send_request(request)
+        .await
+        .context("the control request failed")?;
     let status = response.status();
     let bytes = response.into_body().collect().await?.to_bytes();
     Ok((status, parse(&bytes)))
 }
 
-async fn in_process(config: &RelayConfig, request: Request<Body>, socket: &Path) -> anyhow::Result<(StatusCode, serde_json::Value)> {
+async fn in_process(
+    config: &RelayConfig,
+    request: Request<Body>,
+    socket: &Path,
+) -> anyhow::Result<(StatusCode, serde_json::Value)> {
     let relay = match Relay::open(config.clone(), relay_core::clock::Clock::system()) {
         Ok(relay) => relay,
         Err(err) => bail!(
@@ -76,7 +93,8 @@ fn parse(bytes: &[u8]) -> serde_json::Value {
     if bytes.is_empty() {
         return serde_json::Value::Null;
     }
-    serde_json::from_slice(bytes).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(bytes).into()))
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(bytes).into()))
 }
 
 /// Turns a non-2xx answer into an error carrying the relay's own words.
@@ -87,14 +105,24 @@ pub fn expect_ok(status: StatusCode, body: serde_json::Value) -> anyhow::Result<
     if status.is_success() {
         return Ok(body);
     }
-    let detail = body.get("detail").and_then(|d| d.as_str()).map(str::to_string).unwrap_or_else(|| body.to_string());
+    let detail = body
+        .get("detail")
+        .and_then(|d| d.as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| body.to_string());
     let fields = body
         .get("errors")
         .and_then(|e| e.as_array())
         .map(|errors| {
             errors
                 .iter()
-                .map(|e| format!("\n  {}: {}", e["field"].as_str().unwrap_or(""), e["message"].as_str().unwrap_or("")))
+                .map(|e| {
+                    format!(
+                        "\n  {}: {}",
+                        e["field"].as_str().unwrap_or(""),
+                        e["message"].as_str().unwrap_or("")
+                    )
+                })
                 .collect::<String>()
         })
         .unwrap_or_default();

@@ -68,7 +68,9 @@ enum UsersCommand {
         #[arg(long)]
         role: String,
     },
-    Disable { user_id: String },
+    Disable {
+        user_id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -83,13 +85,17 @@ enum KeysCommand {
         #[arg(long, default_value_t = 90)]
         expires_in_days: i64,
     },
-    Revoke { key_id: String },
+    Revoke {
+        key_id: String,
+    },
 }
 
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PATCHPILOT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -107,7 +113,10 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("patchpilot-relay: cannot start the runtime: {err}");
@@ -131,11 +140,26 @@ async fn dispatch(command: Command, config: relay_core::RelayConfig) -> anyhow::
             println!("{}", toml::to_string_pretty(&config)?);
             return Ok(());
         }
-        Command::InitAdmin { name, expires_in_days } => {
-            let (status, body) = call(&config, Method::POST, "/bootstrap", Some(json!({"name": name, "expires_in_days": expires_in_days}))).await?;
+        Command::InitAdmin {
+            name,
+            expires_in_days,
+        } => {
+            let (status, body) = call(
+                &config,
+                Method::POST,
+                "/bootstrap",
+                Some(json!({"name": name, "expires_in_days": expires_in_days})),
+            )
+            .await?;
             let body = expect_ok(status, body)?;
-            println!("admin user: {}", body["user"]["user_id"].as_str().unwrap_or(""));
-            println!("API key (shown once, store it now): {}", body["key"]["key"].as_str().unwrap_or(""));
+            println!(
+                "admin user: {}",
+                body["user"]["user_id"].as_str().unwrap_or("")
+            );
+            println!(
+                "API key (shown once, store it now): {}",
+                body["key"]["key"].as_str().unwrap_or("")
+            );
             return Ok(());
         }
         Command::RotateEnrollmentToken => {
@@ -143,24 +167,41 @@ async fn dispatch(command: Command, config: relay_core::RelayConfig) -> anyhow::
             let body = expect_ok(status, body)?;
             let token = body["enrollment_token"].as_str().unwrap_or("");
             let path = serve::write_enrollment_token(&config.store.data_dir, token)?;
-            println!("new enrollment token written to {} (0600): {token}", path.display());
+            println!(
+                "new enrollment token written to {} (0600): {token}",
+                path.display()
+            );
             return Ok(());
         }
         Command::ImportKev { file } => {
-            let text = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let value: serde_json::Value = serde_json::from_slice(&text).with_context(|| format!("{} is not JSON", file.display()))?;
+            let text =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let value: serde_json::Value = serde_json::from_slice(&text)
+                .with_context(|| format!("{} is not JSON", file.display()))?;
             (Method::POST, "/kev".to_string(), Some(value))
         }
         Command::Users(UsersCommand::List) => (Method::GET, "/users".into(), None),
-        Command::Users(UsersCommand::Create { name, role }) => (Method::POST, "/users".into(), Some(json!({"name": name, "role": role}))),
-        Command::Users(UsersCommand::Disable { user_id }) => (Method::POST, format!("/users/{user_id}/disable"), None),
+        Command::Users(UsersCommand::Create { name, role }) => (
+            Method::POST,
+            "/users".into(),
+            Some(json!({"name": name, "role": role})),
+        ),
+        Command::Users(UsersCommand::Disable { user_id }) => {
+            (Method::POST, format!("/users/{user_id}/disable"), None)
+        }
         Command::Keys(KeysCommand::List) => (Method::GET, "/keys".into(), None),
-        Command::Keys(KeysCommand::Create { user, name, expires_in_days }) => (
+        Command::Keys(KeysCommand::Create {
+            user,
+            name,
+            expires_in_days,
+        }) => (
             Method::POST,
             "/keys".into(),
             Some(json!({"user_id": user, "name": name, "expires_in_days": expires_in_days})),
         ),
-        Command::Keys(KeysCommand::Revoke { key_id }) => (Method::DELETE, format!("/keys/{key_id}"), None),
+        Command::Keys(KeysCommand::Revoke { key_id }) => {
+            (Method::DELETE, format!("/keys/{key_id}"), None)
+        }
     };
     let (status, body) = call(&config, method, &path, body).await?;
     let body = expect_ok(status, body)?;

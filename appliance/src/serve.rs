@@ -17,7 +17,8 @@ use tokio::sync::watch;
 /// The store cannot be opened or a listener cannot be bound.
 pub async fn run(config: RelayConfig) -> anyhow::Result<()> {
     let dir = &config.store.data_dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
     set_mode(dir, 0o700)?;
     let relay = Relay::open(config.clone(), Clock::system()).context("cannot open the store")?;
     tracing::info!(relay_id = %relay.relay_id, data_dir = %config.store.data_dir.display(), devices = relay.fleet.len(), "store opened");
@@ -27,11 +28,16 @@ pub async fn run(config: RelayConfig) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = Vec::new();
     if !config.server.http_listen.is_empty() {
-        let addr: SocketAddr = config.server.http_listen.parse().context("server.http_listen")?;
+        let addr: SocketAddr = config
+            .server
+            .http_listen
+            .parse()
+            .context("server.http_listen")?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
-        let app = relay_core::api::router(relay.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let app = relay_core::api::router(relay.clone())
+            .into_make_service_with_connect_info::<SocketAddr>();
         let mut stop = stop_rx.clone();
         tracing::info!(address = %listener.local_addr()?, "listening for HTTP");
         servers.push(tokio::spawn(async move {
@@ -61,9 +67,16 @@ pub async fn run(config: RelayConfig) -> anyhow::Result<()> {
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(grace_s = grace.as_secs(), "requests still running at the shutdown deadline");
+        tracing::warn!(
+            grace_s = grace.as_secs(),
+            "requests still running at the shutdown deadline"
+        );
     }
-    relay.store.sync_now().await.context("final store flush failed")?;
+    relay
+        .store
+        .sync_now()
+        .await
+        .context("final store flush failed")?;
     let _ = std::fs::remove_file(crate::settings::socket_path(&config));
     tracing::info!("relay stopped");
     Ok(())
@@ -76,7 +89,8 @@ fn control_socket(
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     let path = crate::settings::socket_path(config);
     let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path).with_context(|| format!("cannot create the control socket {}", path.display()))?;
+    let listener = tokio::net::UnixListener::bind(&path)
+        .with_context(|| format!("cannot create the control socket {}", path.display()))?;
     set_mode(&path, 0o600)?;
     let app = relay_core::control::router(relay.clone());
     Ok(tokio::spawn(async move {
@@ -90,7 +104,8 @@ fn control_socket(
 
 fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).with_context(|| format!("cannot set the mode of {}", path.display()))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))
 }
 
 /// On a fresh store: mint the site enrollment token and leave it in a
@@ -126,15 +141,24 @@ pub fn write_enrollment_token(data_dir: &Path, token: &str) -> anyhow::Result<st
 }
 
 async fn import_configured_kev(relay: &Relay) {
-    let Some(path) = relay.config.vulnerabilities.kev_file.clone() else { return };
-    let catalog = match std::fs::read(&path).map_err(anyhow::Error::from).and_then(|b| Ok(relay_core::vulns::parse_kev(&b)?)) {
+    let Some(path) = relay.config.vulnerabilities.kev_file.clone() else {
+        return;
+    };
+    let catalog = match std::fs::read(&path)
+        .map_err(anyhow::Error::from)
+        .and_then(|b| Ok(relay_core::vulns::parse_kev(&b)?))
+    {
         Ok(c) => c,
         Err(err) => {
             tracing::warn!(file = %path.display(), error = %err, "KEV catalog not imported");
             return;
         }
     };
-    let current = relay.kev.read().map(|k| k.version.clone()).unwrap_or_default();
+    let current = relay
+        .kev
+        .read()
+        .map(|k| k.version.clone())
+        .unwrap_or_default();
     if current.is_some() && current == catalog.version {
         return;
     }
@@ -145,7 +169,10 @@ async fn import_configured_kev(relay: &Relay) {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         std::future::pending::<()>().await;
         return;

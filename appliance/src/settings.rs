@@ -17,10 +17,14 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/default.toml");
 pub fn load(file: Option<&Path>, data_dir: Option<&Path>) -> anyhow::Result<RelayConfig> {
     let (text, origin) = match file {
         Some(path) => (
-            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?,
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?,
             path.display().to_string(),
         ),
-        None => (EMBEDDED_DEFAULT.to_string(), "the built-in default config".to_string()),
+        None => (
+            EMBEDDED_DEFAULT.to_string(),
+            "the built-in default config".to_string(),
+        ),
     };
     let mut config: RelayConfig = match toml::from_str(&text) {
         Ok(c) => c,
@@ -36,7 +40,9 @@ pub fn load(file: Option<&Path>, data_dir: Option<&Path>) -> anyhow::Result<Rela
             tracing::warn!(config = %file.display(), kev = %kev.display(), "the configured KEV file does not exist");
         }
     }
-    config.validate().with_context(|| format!("{origin} is not valid"))?;
+    config
+        .validate()
+        .with_context(|| format!("{origin} is not valid"))?;
     Ok(config)
 }
 
@@ -50,7 +56,8 @@ mod tests {
 
     #[test]
     fn the_embedded_default_matches_the_built_in_defaults() {
-        let parsed: RelayConfig = toml::from_str(EMBEDDED_DEFAULT).expect("the default config parses");
+        let parsed: RelayConfig =
+            toml::from_str(EMBEDDED_DEFAULT).expect("the default config parses");
         let built_in = RelayConfig::default();
         assert_eq!(
             serde_json::to_value(&parsed).expect("serialises"),

@@ -91,7 +91,11 @@ impl Relay {
     }
 
     pub fn keys(&self) -> Vec<KeyView> {
-        self.auth.keys().into_iter().map(|k| self.key_view(k)).collect()
+        self.auth
+            .keys()
+            .into_iter()
+            .map(|k| self.key_view(k))
+            .collect()
     }
 
     pub fn users(&self) -> Vec<UserView> {
@@ -109,7 +113,8 @@ impl Relay {
         let role = Role::parse(&req.role);
         checks.check(role.is_some(), "role", "must be admin, operator or viewer");
         checks.finish()?;
-        let role = role.ok_or_else(|| RelayError::invalid("role", "must be admin, operator or viewer"))?;
+        let role =
+            role.ok_or_else(|| RelayError::invalid("role", "must be admin, operator or viewer"))?;
         if self.auth.users().iter().any(|u| u.name == name) {
             return Err(RelayError::Conflict {
                 detail: format!("a user named {name:?} exists"),
@@ -163,7 +168,9 @@ impl Relay {
         let name = req.name.trim().to_string();
         check_text(&mut checks, "name", &name, 1, 100);
         let user_id = match &req.user_id {
-            Some(text) => text.parse::<UserId>().map_err(|_| RelayError::invalid("user_id", "is not a user id"))?,
+            Some(text) => text
+                .parse::<UserId>()
+                .map_err(|_| RelayError::invalid("user_id", "is not a user id"))?,
             None => owner,
         };
         let expires_at = self.key_expiry(&mut checks, &req, now);
@@ -226,12 +233,18 @@ impl Relay {
                 return now;
             }
             (None, None) => {
-                checks.fail("expires_in_days", "an expiry is required (expires_in_days or expires_at)");
+                checks.fail(
+                    "expires_in_days",
+                    "an expiry is required (expires_in_days or expires_at)",
+                );
                 return now;
             }
             (Some(days), None) => {
                 if !(1..=max_days).contains(&days) {
-                    checks.fail("expires_in_days", format!("must be between 1 and {max_days}"));
+                    checks.fail(
+                        "expires_in_days",
+                        format!("must be between 1 and {max_days}"),
+                    );
                     return now;
                 }
                 now.plus_seconds(days * Timestamp::SECONDS_PER_DAY)
@@ -247,7 +260,10 @@ impl Relay {
         if expires <= now {
             checks.fail("expires_at", "must be in the future");
         } else if expires > ceiling {
-            checks.fail("expires_at", format!("must be at most {max_days} days ahead"));
+            checks.fail(
+                "expires_at",
+                format!("must be at most {max_days} days ahead"),
+            );
         }
         expires
     }
@@ -283,7 +299,10 @@ impl Relay {
         let mut writer = self.store.writer();
         let mut batch = Batch::new();
         for (id, at) in used {
-            if let Some(mut key) = writer.store().get::<KeyRecord>(Table::Keys, &id.to_bytes())? {
+            if let Some(mut key) = writer
+                .store()
+                .get::<KeyRecord>(Table::Keys, &id.to_bytes())?
+            {
                 key.last_used_at = Some(at);
                 batch.put(Table::Keys, id.to_bytes().to_vec(), &key);
             }

@@ -15,7 +15,9 @@ use crate::error::{check_text, Checks, RelayError, RelayResult};
 use crate::events::EventType;
 use crate::exclusions::ExclusionKind;
 use crate::ids::{DeviceId, ScheduleId};
-use crate::inventory::{normalize_cve, normalize_kb, CveRef, InstallOutcome, InstallResult, OsFamily, Severity, Update};
+use crate::inventory::{
+    normalize_cve, normalize_kb, CveRef, InstallOutcome, InstallResult, OsFamily, Severity, Update,
+};
 use crate::reboots::{Dispatch, RebootSchedule, RebootStatus};
 use crate::relay::{Metrics, Relay};
 use crate::store::{Batch, Table, Writer};
@@ -150,7 +152,13 @@ fn parse_time(checks: &mut Checks, field: &str, value: &str) -> Timestamp {
     })
 }
 
-fn check_identity(checks: &mut Checks, hostname: &str, os_name: &str, os_version: &str, agent_version: &str) {
+fn check_identity(
+    checks: &mut Checks,
+    hostname: &str,
+    os_name: &str,
+    os_version: &str,
+    agent_version: &str,
+) {
     check_text(checks, "hostname", hostname, 1, 255);
     check_text(checks, "os_name", os_name, 1, 200);
     check_text(checks, "os_version", os_version, 0, 100);
@@ -163,34 +171,63 @@ fn validate_update(checks: &mut Checks, i: usize, u: &WireUpdate, family: OsFami
     check_text(checks, &field("title"), &u.title, 0, 1000);
     let kb = u.kb.as_deref().and_then(|kb| {
         let normal = normalize_kb(kb);
-        checks.check(normal.is_some(), field("kb"), "must be KB followed by digits");
+        checks.check(
+            normal.is_some(),
+            field("kb"),
+            "must be KB followed by digits",
+        );
         normal
     });
     if let Some(p) = &u.package {
-        checks.check(crate::inventory::is_package_name(p), field("package"), "is not a package name");
+        checks.check(
+            crate::inventory::is_package_name(p),
+            field("package"),
+            "is not a package name",
+        );
     }
     if family == OsFamily::Windows {
-        checks.check(kb.is_some() || u.package.is_some(), field("kb"), "a Windows update needs a kb");
+        checks.check(
+            kb.is_some() || u.package.is_some(),
+            field("kb"),
+            "a Windows update needs a kb",
+        );
     }
     let severity = Severity::parse(&u.severity).unwrap_or_else(|| {
-        checks.fail(field("severity"), "must be critical, important, moderate, low or unknown");
+        checks.fail(
+            field("severity"),
+            "must be critical, important, moderate, low or unknown",
+        );
         Severity::Unknown
     });
-    checks.check(u.cves.len() <= MAX_CVES_PER_UPDATE, field("cves"), "too many CVEs");
+    checks.check(
+        u.cves.len() <= MAX_CVES_PER_UPDATE,
+        field("cves"),
+        "too many CVEs",
+    );
     let mut cves = Vec::with_capacity(u.cves.len());
     for (j, c) in u.cves.iter().enumerate().take(MAX_CVES_PER_UPDATE) {
         let id = normalize_cve(&c.id).unwrap_or_else(|| {
-            checks.fail(format!("available_updates[{i}].cves[{j}].id"), "must be CVE-YYYY-NNNN");
+            checks.fail(
+                format!("available_updates[{i}].cves[{j}].id"),
+                "must be CVE-YYYY-NNNN",
+            );
             String::new()
         });
         let cvss_ok = c.cvss.is_none_or(|s| (0.0..=10.0).contains(&s));
-        checks.check(cvss_ok, format!("available_updates[{i}].cves[{j}].cvss"), "must be between 0 and 10");
+        checks.check(
+            cvss_ok,
+            format!("available_updates[{i}].cves[{j}].cvss"),
+            "must be between 0 and 10",
+        );
         cves.push(CveRef {
             id,
             cvss: c.cvss.map(|s| s as f32),
         });
     }
-    let released_at = u.released_at.as_deref().map(|t| parse_time(checks, &field("released_at"), t));
+    let released_at = u
+        .released_at
+        .as_deref()
+        .map(|t| parse_time(checks, &field("released_at"), t));
     Update {
         update_id: u.update_id.clone(),
         kb,
@@ -226,25 +263,51 @@ fn validate_result(checks: &mut Checks, i: usize, r: &WireResult) -> InstallResu
 
 fn validate_checkin(req: CheckinRequest) -> RelayResult<ValidCheckin> {
     let mut checks = Checks::new();
-    check_identity(&mut checks, &req.hostname, &req.os_name, &req.os_version, &req.agent_version);
+    check_identity(
+        &mut checks,
+        &req.hostname,
+        &req.os_name,
+        &req.os_version,
+        &req.agent_version,
+    );
     let os_family = parse_family(&mut checks, "os_family", &req.os_family);
-    checks.check(req.ip_addresses.len() <= 64, "ip_addresses", "at most 64 addresses");
+    checks.check(
+        req.ip_addresses.len() <= 64,
+        "ip_addresses",
+        "at most 64 addresses",
+    );
     for (i, ip) in req.ip_addresses.iter().enumerate() {
-        checks.check(ip.parse::<IpAddr>().is_ok(), format!("ip_addresses[{i}]"), "is not an IP address");
+        checks.check(
+            ip.parse::<IpAddr>().is_ok(),
+            format!("ip_addresses[{i}]"),
+            "is not an IP address",
+        );
     }
     let reboot_pending_since = req
         .reboot_pending_since
         .as_deref()
         .map(|t| parse_time(&mut checks, "reboot_pending_since", t));
 
-    checks.check(req.available_updates.len() <= MAX_UPDATES, "available_updates", "at most 10000 updates");
+    checks.check(
+        req.available_updates.len() <= MAX_UPDATES,
+        "available_updates",
+        "at most 10000 updates",
+    );
     let mut ids = HashSet::new();
     let mut updates = Vec::with_capacity(req.available_updates.len().min(MAX_UPDATES));
     for (i, u) in req.available_updates.iter().enumerate().take(MAX_UPDATES) {
-        checks.check(ids.insert(u.update_id.as_str()), format!("available_updates[{i}].update_id"), "is listed twice");
+        checks.check(
+            ids.insert(u.update_id.as_str()),
+            format!("available_updates[{i}].update_id"),
+            "is listed twice",
+        );
         updates.push(validate_update(&mut checks, i, u, os_family));
     }
-    checks.check(req.results.len() <= MAX_RESULTS, "results", "at most 1000 results");
+    checks.check(
+        req.results.len() <= MAX_RESULTS,
+        "results",
+        "at most 1000 results",
+    );
     let results: Vec<InstallResult> = req
         .results
         .iter()
@@ -269,20 +332,33 @@ fn validate_checkin(req: CheckinRequest) -> RelayResult<ValidCheckin> {
         if let Some(e) = &r.error {
             check_text(&mut checks, "reboot_result.error", e, 0, 1000);
         }
-        (id, completed, parse_time(&mut checks, "reboot_result.at", &r.at), r.error.clone())
+        (
+            id,
+            completed,
+            parse_time(&mut checks, "reboot_result.at", &r.at),
+            r.error.clone(),
+        )
     });
 
     if let Some(build) = &req.os_build {
         check_text(&mut checks, "os_build", build, 1, 32);
     }
-    checks.check(req.installed_kbs.len() <= 5000, "installed_kbs", "at most 5000 KBs");
+    checks.check(
+        req.installed_kbs.len() <= 5000,
+        "installed_kbs",
+        "at most 5000 KBs",
+    );
     let installed_kbs: Vec<String> = req
         .installed_kbs
         .iter()
         .enumerate()
         .filter_map(|(i, kb)| {
             let normal = normalize_kb(kb);
-            checks.check(normal.is_some(), format!("installed_kbs[{i}]"), "must be KB followed by digits");
+            checks.check(
+                normal.is_some(),
+                format!("installed_kbs[{i}]"),
+                "must be KB followed by digits",
+            );
             normal
         })
         .collect();
@@ -322,7 +398,9 @@ impl Relay {
     }
 
     pub fn has_enrollment_token(&self) -> bool {
-        self.store.contains(Table::Meta, META_ENROLLMENT_HASH).unwrap_or(false)
+        self.store
+            .contains(Table::Meta, META_ENROLLMENT_HASH)
+            .unwrap_or(false)
     }
 
     fn enrollment_token_matches(&self, presented: &str) -> RelayResult<bool> {
@@ -338,52 +416,72 @@ impl Relay {
     pub async fn enroll(&self, req: EnrollRequest) -> RelayResult<EnrollResponse> {
         let mut checks = Checks::new();
         check_text(&mut checks, "machine_id", &req.machine_id, 1, 200);
-        check_identity(&mut checks, &req.hostname, &req.os_name, &req.os_version, &req.agent_version);
+        check_identity(
+            &mut checks,
+            &req.hostname,
+            &req.os_name,
+            &req.os_version,
+            &req.agent_version,
+        );
         let os_family = parse_family(&mut checks, "os_family", &req.os_family);
         checks.finish()?;
         if !self.enrollment_token_matches(&req.enrollment_token)? {
-            return Err(RelayError::Unauthorized("the enrollment token is not valid".into()));
+            return Err(RelayError::Unauthorized(
+                "the enrollment token is not valid".into(),
+            ));
         }
 
         let now = self.clock.now();
         let token = Secret::generate(AGENT_TOKEN_PREFIX);
         let record = {
-        let mut writer = self.store.writer();
-        let existing: Option<DeviceId> = writer.store().get(Table::Machines, req.machine_id.as_bytes())?;
-        let existing = match existing {
-            Some(id) => writer.store().get::<DeviceRecord>(Table::Devices, &id.to_bytes())?,
-            None => None,
-        };
-        let mut batch = Batch::new();
-        let record = match existing {
-            Some(mut device) => {
-                batch.delete(Table::AgentTokens, device.token_hash.to_vec());
-                device.token_hash = token.hash();
-                device.hostname = req.hostname;
-                device.os_family = os_family;
-                device.os_name = req.os_name;
-                device.os_version = req.os_version;
-                device.agent_version = req.agent_version;
-                device
-            }
-            None => {
-                let device = new_device(req, os_family, token.hash(), now);
-                let data = serde_json::json!({
-                    "device_id": device.device_id,
-                    "hostname": device.hostname,
-                    "os_family": device.os_family,
-                    "os_name": device.os_name,
-                });
-                batch.event(EventType::DeviceEnrolled, now, data);
-                batch.put(Table::Machines, device.machine_id.as_bytes().to_vec(), &device.device_id);
-                device
-            }
-        };
-        batch.put(Table::AgentTokens, token.hash().to_vec(), &record.device_id);
-        batch.put(Table::Devices, record.device_id.to_bytes().to_vec(), &record);
-        writer.apply(batch)?;
-        self.fleet.upsert(&record, Some(&[]));
-        record
+            let mut writer = self.store.writer();
+            let existing: Option<DeviceId> = writer
+                .store()
+                .get(Table::Machines, req.machine_id.as_bytes())?;
+            let existing = match existing {
+                Some(id) => writer
+                    .store()
+                    .get::<DeviceRecord>(Table::Devices, &id.to_bytes())?,
+                None => None,
+            };
+            let mut batch = Batch::new();
+            let record = match existing {
+                Some(mut device) => {
+                    batch.delete(Table::AgentTokens, device.token_hash.to_vec());
+                    device.token_hash = token.hash();
+                    device.hostname = req.hostname;
+                    device.os_family = os_family;
+                    device.os_name = req.os_name;
+                    device.os_version = req.os_version;
+                    device.agent_version = req.agent_version;
+                    device
+                }
+                None => {
+                    let device = new_device(req, os_family, token.hash(), now);
+                    let data = serde_json::json!({
+                        "device_id": device.device_id,
+                        "hostname": device.hostname,
+                        "os_family": device.os_family,
+                        "os_name": device.os_name,
+                    });
+                    batch.event(EventType::DeviceEnrolled, now, data);
+                    batch.put(
+                        Table::Machines,
+                        device.machine_id.as_bytes().to_vec(),
+                        &device.device_id,
+                    );
+                    device
+                }
+            };
+            batch.put(Table::AgentTokens, token.hash().to_vec(), &record.device_id);
+            batch.put(
+                Table::Devices,
+                record.device_id.to_bytes().to_vec(),
+                &record,
+            );
+            writer.apply(batch)?;
+            self.fleet.upsert(&record, Some(&[]));
+            record
         };
 
         self.store.durable().await?;
@@ -413,46 +511,55 @@ impl Relay {
     /// # Errors
     /// 422 naming the first invalid fields (nothing is stored), or a storage
     /// failure (nothing is acknowledged).
-    pub async fn checkin(&self, device_id: DeviceId, req: CheckinRequest) -> RelayResult<CheckinResponse> {
+    pub async fn checkin(
+        &self,
+        device_id: DeviceId,
+        req: CheckinRequest,
+    ) -> RelayResult<CheckinResponse> {
         let checkin = validate_checkin(req)?;
         let now = self.clock.now();
         let hash = (!checkin.updates.is_empty()).then(|| set_hash(&checkin.updates));
 
         let (device, reboot) = {
-        let mut writer = self.store.writer();
-        let mut device: DeviceRecord = writer
-            .store()
-            .get(Table::Devices, &device_id.to_bytes())?
-            .ok_or(RelayError::Unauthorized("the agent token is not valid".into()))?;
-        let mut batch = Batch::new();
-        let new_set = self.stage_update_set(&writer, &mut batch, &device, hash, &checkin.updates, now)?;
-        self.stage_results(&writer, &mut batch, &device, &checkin.results, now)?;
-        let reboot_done = match &checkin.reboot_result {
-            Some(r) => self.stage_reboot_result(&writer, &mut batch, &device, r, now)?,
-            None => false,
-        };
-        let reboot = self.stage_dispatch(&writer, &mut batch, &device, now)?;
+            let mut writer = self.store.writer();
+            let mut device: DeviceRecord = writer
+                .store()
+                .get(Table::Devices, &device_id.to_bytes())?
+                .ok_or(RelayError::Unauthorized(
+                    "the agent token is not valid".into(),
+                ))?;
+            let mut batch = Batch::new();
+            let new_set =
+                self.stage_update_set(&writer, &mut batch, &device, hash, &checkin.updates, now)?;
+            self.stage_results(&writer, &mut batch, &device, &checkin.results, now)?;
+            let reboot_done = match &checkin.reboot_result {
+                Some(r) => self.stage_reboot_result(&writer, &mut batch, &device, r, now)?,
+                None => false,
+            };
+            let reboot = self.stage_dispatch(&writer, &mut batch, &device, now)?;
 
-        device.hostname = checkin.hostname;
-        device.os_family = checkin.os_family;
-        device.os_name = checkin.os_name;
-        device.os_version = checkin.os_version;
-        device.agent_version = checkin.agent_version;
-        device.ip_addresses = checkin.ip_addresses;
-        device.reboot_pending = checkin.reboot_pending && !reboot_done;
-        device.reboot_pending_since = checkin.reboot_pending_since.filter(|_| device.reboot_pending);
-        device.update_set = hash;
-        device.os_build = checkin.os_build;
-        device.installed_kbs = checkin.installed_kbs;
-        device.last_checkin = Some(now);
-        batch.put(Table::Devices, device_id.to_bytes().to_vec(), &device);
+            device.hostname = checkin.hostname;
+            device.os_family = checkin.os_family;
+            device.os_name = checkin.os_name;
+            device.os_version = checkin.os_version;
+            device.agent_version = checkin.agent_version;
+            device.ip_addresses = checkin.ip_addresses;
+            device.reboot_pending = checkin.reboot_pending && !reboot_done;
+            device.reboot_pending_since = checkin
+                .reboot_pending_since
+                .filter(|_| device.reboot_pending);
+            device.update_set = hash;
+            device.os_build = checkin.os_build;
+            device.installed_kbs = checkin.installed_kbs;
+            device.last_checkin = Some(now);
+            batch.put(Table::Devices, device_id.to_bytes().to_vec(), &device);
 
-        writer.apply(batch)?;
-        self.fleet.upsert(&device, new_set.as_deref());
-        if reboot_done {
-            self.fleet.set_scheduled(device_id, None);
-        }
-        (device, reboot)
+            writer.apply(batch)?;
+            self.fleet.upsert(&device, new_set.as_deref());
+            if reboot_done {
+                self.fleet.set_scheduled(device_id, None);
+            }
+            (device, reboot)
         };
 
         self.store.durable().await?;
@@ -501,11 +608,21 @@ impl Relay {
     }
 
     /// `vulnerability.detected` for each CVE the fleet has never had open.
-    fn stage_new_cves(&self, writer: &Writer<'_>, batch: &mut Batch, updates: &[Update], now: Timestamp) -> RelayResult<()> {
+    fn stage_new_cves(
+        &self,
+        writer: &Writer<'_>,
+        batch: &mut Batch,
+        updates: &[Update],
+        now: Timestamp,
+    ) -> RelayResult<()> {
         let mut staged = HashSet::new();
         for update in updates {
             for cve in &update.cves {
-                if !staged.insert(cve.id.as_str()) || writer.store().contains(Table::CvesSeen, cve.id.as_bytes())? {
+                if !staged.insert(cve.id.as_str())
+                    || writer
+                        .store()
+                        .contains(Table::CvesSeen, cve.id.as_bytes())?
+                {
                     continue;
                 }
                 batch.put(Table::CvesSeen, cve.id.as_bytes().to_vec(), &now);
@@ -532,7 +649,10 @@ impl Relay {
             return Ok(());
         }
         let key = device.device_id.to_bytes();
-        let mut recent: RecentResults = writer.store().get(Table::Results, &key)?.unwrap_or_default();
+        let mut recent: RecentResults = writer
+            .store()
+            .get(Table::Results, &key)?
+            .unwrap_or_default();
         for r in results {
             let event_type = match r.result {
                 InstallOutcome::Installed => EventType::PatchInstalled,
@@ -567,20 +687,33 @@ impl Relay {
         now: Timestamp,
     ) -> RelayResult<bool> {
         let (schedule_id, completed, at, error) = result;
-        let schedule: Option<RebootSchedule> = writer.store().get(Table::Reboots, &schedule_id.to_bytes())?;
+        let schedule: Option<RebootSchedule> = writer
+            .store()
+            .get(Table::Reboots, &schedule_id.to_bytes())?;
         let Some(mut schedule) = schedule.filter(|s| s.device_id == device.device_id) else {
-            return Err(RelayError::invalid("reboot_result.schedule_id", "is not a reboot of this device"));
+            return Err(RelayError::invalid(
+                "reboot_result.schedule_id",
+                "is not a reboot of this device",
+            ));
         };
         if schedule.status != RebootStatus::Dispatched {
             // Already reported (a retried check-in): nothing changes.
             return Ok(false);
         }
-        schedule.status = if *completed { RebootStatus::Completed } else { RebootStatus::Failed };
+        schedule.status = if *completed {
+            RebootStatus::Completed
+        } else {
+            RebootStatus::Failed
+        };
         schedule.finished_at = Some(*at);
         schedule.error = error.clone();
         batch.put(Table::Reboots, schedule_id.to_bytes().to_vec(), &schedule);
         batch.delete(Table::DeviceReboots, device.device_id.to_bytes().to_vec());
-        let event_type = if *completed { EventType::RebootCompleted } else { EventType::RebootFailed };
+        let event_type = if *completed {
+            EventType::RebootCompleted
+        } else {
+            EventType::RebootFailed
+        };
         let data = serde_json::json!({
             "device_id": device.device_id,
             "hostname": device.hostname,
@@ -601,10 +734,16 @@ impl Relay {
         now: Timestamp,
     ) -> RelayResult<Option<RebootCommand>> {
         let key = device.device_id.to_bytes();
-        let Some(schedule_id) = writer.store().get::<ScheduleId>(Table::DeviceReboots, &key)? else {
+        let Some(schedule_id) = writer
+            .store()
+            .get::<ScheduleId>(Table::DeviceReboots, &key)?
+        else {
             return Ok(None);
         };
-        let Some(mut schedule) = writer.store().get::<RebootSchedule>(Table::Reboots, &schedule_id.to_bytes())? else {
+        let Some(mut schedule) = writer
+            .store()
+            .get::<RebootSchedule>(Table::Reboots, &schedule_id.to_bytes())?
+        else {
             return Ok(None);
         };
         match schedule.dispatch_at(now, self.config.reboot.dispatch_grace_s) {
@@ -646,7 +785,12 @@ impl Relay {
     }
 }
 
-fn new_device(req: EnrollRequest, os_family: OsFamily, token_hash: [u8; 32], now: Timestamp) -> DeviceRecord {
+fn new_device(
+    req: EnrollRequest,
+    os_family: OsFamily,
+    token_hash: [u8; 32],
+    now: Timestamp,
+) -> DeviceRecord {
     DeviceRecord {
         device_id: DeviceId::generate(),
         machine_id: req.machine_id,

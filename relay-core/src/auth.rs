@@ -177,7 +177,12 @@ impl AuthCache {
     }
 
     pub fn user(&self, id: UserId) -> Option<UserRecord> {
-        self.tables.read().unwrap_or_else(|p| p.into_inner()).users.get(&id).cloned()
+        self.tables
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .users
+            .get(&id)
+            .cloned()
     }
 
     pub fn key(&self, id: KeyId) -> Option<KeyRecord> {
@@ -212,14 +217,20 @@ impl AuthCache {
 
     pub fn has_admin(&self) -> bool {
         let t = self.tables.read().unwrap_or_else(|p| p.into_inner());
-        t.users.values().any(|u| u.role == Role::Admin && !u.disabled)
+        t.users
+            .values()
+            .any(|u| u.role == Role::Admin && !u.disabled)
     }
 
     /// Checks a presented `Authorization` value.
     ///
     /// # Errors
     /// Why the key is not accepted.
-    pub fn authenticate(&self, presented: Option<&str>, now: Timestamp) -> Result<Principal, AuthError> {
+    pub fn authenticate(
+        &self,
+        presented: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Principal, AuthError> {
         let secret = presented.ok_or(AuthError::Missing)?;
         if !secret.starts_with(KEY_PREFIX) {
             return Err(AuthError::Unknown);
@@ -311,7 +322,9 @@ mod tests {
     #[test]
     fn a_valid_key_authenticates_with_its_users_role() {
         let (cache, secret, _) = setup(Role::Operator);
-        let p = cache.authenticate(Some(secret.expose()), Timestamp(10)).expect("valid");
+        let p = cache
+            .authenticate(Some(secret.expose()), Timestamp(10))
+            .expect("valid");
         assert_eq!(p.role, Role::Operator);
         assert!(p.allows(Role::Viewer) && !p.allows(Role::Admin));
     }
@@ -319,13 +332,29 @@ mod tests {
     #[test]
     fn expired_unknown_and_disabled_keys_are_refused() {
         let (cache, secret, uid) = setup(Role::Admin);
-        assert_eq!(cache.authenticate(Some(secret.expose()), Timestamp(1000)).err(), Some(AuthError::Expired));
-        assert_eq!(cache.authenticate(Some("ppk_nope"), Timestamp(1)).err(), Some(AuthError::Unknown));
-        assert_eq!(cache.authenticate(None, Timestamp(1)).err(), Some(AuthError::Missing));
+        assert_eq!(
+            cache
+                .authenticate(Some(secret.expose()), Timestamp(1000))
+                .err(),
+            Some(AuthError::Expired)
+        );
+        assert_eq!(
+            cache.authenticate(Some("ppk_nope"), Timestamp(1)).err(),
+            Some(AuthError::Unknown)
+        );
+        assert_eq!(
+            cache.authenticate(None, Timestamp(1)).err(),
+            Some(AuthError::Missing)
+        );
         let mut user = cache.user(uid).expect("user");
         user.disabled = true;
         cache.put_user(user);
-        assert_eq!(cache.authenticate(Some(secret.expose()), Timestamp(1)).err(), Some(AuthError::UserDisabled));
+        assert_eq!(
+            cache
+                .authenticate(Some(secret.expose()), Timestamp(1))
+                .err(),
+            Some(AuthError::UserDisabled)
+        );
     }
 
     #[test]

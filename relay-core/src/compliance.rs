@@ -103,9 +103,16 @@ pub fn evaluate(
         .iter()
         .filter(|u| u.severity == Severity::Critical)
         .filter(|u| blocking(active, u, device.os_family).is_none())
-        .filter(|u| u.released_at.is_some_and(|r| now.seconds_since(r) > policy.critical_max_age_days * day))
+        .filter(|u| {
+            u.released_at
+                .is_some_and(|r| now.seconds_since(r) > policy.critical_max_age_days * day)
+        })
         .collect();
-    overdue.sort_by(|a, b| a.released_at.cmp(&b.released_at).then(a.update_id.cmp(&b.update_id)));
+    overdue.sort_by(|a, b| {
+        a.released_at
+            .cmp(&b.released_at)
+            .then(a.update_id.cmp(&b.update_id))
+    });
     for u in overdue {
         let name = u.kb.as_deref().unwrap_or(&u.update_id);
         let released = u.released_at.map(|r| r.date()).unwrap_or_default();
@@ -121,7 +128,10 @@ pub fn evaluate(
             detail: format!("last check-in {}", last.date()),
         });
     }
-    if let Some(since) = device.reboot_pending_since.filter(|_| device.reboot_pending) {
+    if let Some(since) = device
+        .reboot_pending_since
+        .filter(|_| device.reboot_pending)
+    {
         if now.seconds_since(since) > policy.reboot_max_pending_days * day {
             reasons.push(Reason {
                 code: "reboot_overdue".into(),
@@ -143,7 +153,13 @@ impl Relay {
             None => Vec::new(),
         };
         let policy = Policy::from(&self.config.compliance);
-        Ok(evaluate(&policy, device, &updates, &self.fleet.active_exclusions(), self.clock.now()))
+        Ok(evaluate(
+            &policy,
+            device,
+            &updates,
+            &self.fleet.active_exclusions(),
+            self.clock.now(),
+        ))
     }
 
     /// Evaluates every device and stores the result as a new snapshot.
@@ -182,14 +198,23 @@ impl Relay {
         Ok(snapshot)
     }
 
-    async fn store_snapshot(&self, policy: Policy, devices: Vec<DeviceCompliance>, now: Timestamp) -> RelayResult<Snapshot> {
+    async fn store_snapshot(
+        &self,
+        policy: Policy,
+        devices: Vec<DeviceCompliance>,
+        now: Timestamp,
+    ) -> RelayResult<Snapshot> {
         let compliant = devices.iter().filter(|d| d.compliant).count();
         let total = devices.len();
         let summary = Summary {
             total_devices: total,
             compliant,
             non_compliant: total - compliant,
-            compliance_pct: if total == 0 { 100.0 } else { (compliant as f64 * 1000.0 / total as f64).round() / 10.0 },
+            compliance_pct: if total == 0 {
+                100.0
+            } else {
+                (compliant as f64 * 1000.0 / total as f64).round() / 10.0
+            },
         };
         let body: [u8; 32] = Sha256::digest(encode(&devices)).into();
         let header = SnapshotHeader {
@@ -201,17 +226,21 @@ impl Relay {
         };
 
         {
-        let mut writer = self.store.writer();
-        let previous = self.latest_snapshot()?;
-        let mut batch = Batch::new();
-        if let Some(prev) = &previous {
-            stage_drift(&mut batch, &prev.devices, &devices, now);
-        }
-        if !writer.store().contains(Table::SnapshotBodies, &body)? {
-            batch.put(Table::SnapshotBodies, body.to_vec(), &devices);
-        }
-        batch.put(Table::Snapshots, header.snapshot_id.to_bytes().to_vec(), &header);
-        writer.apply(batch)?;
+            let mut writer = self.store.writer();
+            let previous = self.latest_snapshot()?;
+            let mut batch = Batch::new();
+            if let Some(prev) = &previous {
+                stage_drift(&mut batch, &prev.devices, &devices, now);
+            }
+            if !writer.store().contains(Table::SnapshotBodies, &body)? {
+                batch.put(Table::SnapshotBodies, body.to_vec(), &devices);
+            }
+            batch.put(
+                Table::Snapshots,
+                header.snapshot_id.to_bytes().to_vec(),
+                &header,
+            );
+            writer.apply(batch)?;
         }
         self.store.durable().await?;
 
@@ -229,7 +258,9 @@ impl Relay {
     /// # Errors
     /// A storage failure.
     pub fn latest_snapshot(&self) -> RelayResult<Option<Snapshot>> {
-        let newest = self.store.scan_rev_before::<SnapshotHeader>(Table::Snapshots, None, 1)?;
+        let newest = self
+            .store
+            .scan_rev_before::<SnapshotHeader>(Table::Snapshots, None, 1)?;
         match newest.into_iter().next() {
             Some((_, header)) => Ok(Some(self.expand(header)?)),
             None => Ok(None),
@@ -241,14 +272,20 @@ impl Relay {
     /// # Errors
     /// A storage failure.
     pub fn snapshot(&self, id: SnapshotId) -> RelayResult<Option<Snapshot>> {
-        match self.store.get::<SnapshotHeader>(Table::Snapshots, &id.to_bytes())? {
+        match self
+            .store
+            .get::<SnapshotHeader>(Table::Snapshots, &id.to_bytes())?
+        {
             Some(h) => Ok(Some(self.expand(h)?)),
             None => Ok(None),
         }
     }
 
     fn expand(&self, h: SnapshotHeader) -> RelayResult<Snapshot> {
-        let devices = self.store.get(Table::SnapshotBodies, &h.body)?.unwrap_or_default();
+        let devices = self
+            .store
+            .get(Table::SnapshotBodies, &h.body)?
+            .unwrap_or_default();
         Ok(Snapshot {
             snapshot_id: h.snapshot_id,
             taken_at: h.taken_at,
@@ -262,9 +299,17 @@ impl Relay {
     ///
     /// # Errors
     /// A storage failure.
-    pub fn snapshot_page(&self, before: Option<SnapshotId>, limit: usize) -> RelayResult<(Vec<SnapshotListing>, usize)> {
+    pub fn snapshot_page(
+        &self,
+        before: Option<SnapshotId>,
+        limit: usize,
+    ) -> RelayResult<(Vec<SnapshotListing>, usize)> {
         let key = before.map(|b| b.to_bytes());
-        let rows = self.store.scan_rev_before::<SnapshotHeader>(Table::Snapshots, key.as_ref().map(|k| &k[..]), limit)?;
+        let rows = self.store.scan_rev_before::<SnapshotHeader>(
+            Table::Snapshots,
+            key.as_ref().map(|k| &k[..]),
+            limit,
+        )?;
         let listings = rows
             .into_iter()
             .map(|(_, h)| SnapshotListing {
@@ -282,7 +327,9 @@ impl Relay {
     /// # Errors
     /// A storage failure.
     pub fn prune_snapshots(&self) -> RelayResult<usize> {
-        let cutoff = self.clock.now().plus_seconds(-self.config.compliance.snapshot_retention_days * Timestamp::SECONDS_PER_DAY);
+        let cutoff = self.clock.now().plus_seconds(
+            -self.config.compliance.snapshot_retention_days * Timestamp::SECONDS_PER_DAY,
+        );
         let mut writer = self.store.writer();
         let headers = writer.store().scan::<SnapshotHeader>(Table::Snapshots)?;
         let mut batch = Batch::new();
@@ -308,8 +355,14 @@ impl Relay {
     }
 }
 
-fn stage_drift(batch: &mut Batch, before: &[DeviceCompliance], after: &[DeviceCompliance], now: Timestamp) {
-    let was_compliant: HashMap<DeviceId, bool> = before.iter().map(|d| (d.device_id, d.compliant)).collect();
+fn stage_drift(
+    batch: &mut Batch,
+    before: &[DeviceCompliance],
+    after: &[DeviceCompliance],
+    now: Timestamp,
+) {
+    let was_compliant: HashMap<DeviceId, bool> =
+        before.iter().map(|d| (d.device_id, d.compliant)).collect();
     for d in after {
         if !d.compliant && was_compliant.get(&d.device_id) == Some(&true) {
             let data = serde_json::json!({
@@ -332,7 +385,12 @@ pub fn to_csv(snapshot: &Snapshot) -> String {
             .map(|r| format!("{}: {}", r.code, r.detail))
             .collect::<Vec<_>>()
             .join("; ");
-        let cells = [d.device_id.to_string(), d.hostname.clone(), d.compliant.to_string(), reasons];
+        let cells = [
+            d.device_id.to_string(),
+            d.hostname.clone(),
+            d.compliant.to_string(),
+            reasons,
+        ];
         let row: Vec<String> = cells.iter().map(|c| csv_cell(c)).collect();
         out.push_str(&row.join(","));
         out.push_str("\r\n");

@@ -275,21 +275,74 @@ impl RelayConfig {
         self.server.validate()?;
         self.store.validate()?;
         self.limits.per_key.validate("limits.")?;
-        positive("limits.auth_failures_per_minute", self.limits.auth_failures_per_minute as i64)?;
+        positive(
+            "limits.auth_failures_per_minute",
+            self.limits.auth_failures_per_minute as i64,
+        )?;
         positive("limits.max_tracked", self.limits.max_tracked as i64)?;
-        in_range("agents.offline_after_s", self.agents.offline_after_s, 10, 30 * 86_400)?;
-        in_range("agents.checkin_interval_s", self.agents.checkin_interval_s as i64, 5, 86_400)?;
-        in_range("agents.recent_results", self.agents.recent_results as i64, 1, 1000)?;
+        in_range(
+            "agents.offline_after_s",
+            self.agents.offline_after_s,
+            10,
+            30 * 86_400,
+        )?;
+        in_range(
+            "agents.checkin_interval_s",
+            self.agents.checkin_interval_s as i64,
+            5,
+            86_400,
+        )?;
+        in_range(
+            "agents.recent_results",
+            self.agents.recent_results as i64,
+            1,
+            1000,
+        )?;
         in_range("keys.max_expiry_days", self.keys.max_expiry_days, 1, 36_500)?;
-        in_range("compliance.interval_s", self.compliance.interval_s as i64, 10, 30 * 86_400)?;
-        in_range("compliance.critical_max_age_days", self.compliance.critical_max_age_days, 0, 3650)?;
-        in_range("compliance.checkin_max_age_days", self.compliance.checkin_max_age_days, 1, 3650)?;
-        in_range("compliance.reboot_max_pending_days", self.compliance.reboot_max_pending_days, 0, 3650)?;
-        in_range("compliance.snapshot_retention_days", self.compliance.snapshot_retention_days, 1, 3650)?;
-        in_range("reboot.dispatch_grace_s", self.reboot.dispatch_grace_s, 60, 7 * 86_400)?;
+        in_range(
+            "compliance.interval_s",
+            self.compliance.interval_s as i64,
+            10,
+            30 * 86_400,
+        )?;
+        in_range(
+            "compliance.critical_max_age_days",
+            self.compliance.critical_max_age_days,
+            0,
+            3650,
+        )?;
+        in_range(
+            "compliance.checkin_max_age_days",
+            self.compliance.checkin_max_age_days,
+            1,
+            3650,
+        )?;
+        in_range(
+            "compliance.reboot_max_pending_days",
+            self.compliance.reboot_max_pending_days,
+            0,
+            3650,
+        )?;
+        in_range(
+            "compliance.snapshot_retention_days",
+            self.compliance.snapshot_retention_days,
+            1,
+            3650,
+        )?;
+        in_range(
+            "reboot.dispatch_grace_s",
+            self.reboot.dispatch_grace_s,
+            60,
+            7 * 86_400,
+        )?;
         in_range("reboot.max_ahead_days", self.reboot.max_ahead_days, 1, 365)?;
         in_range("events.retention_days", self.events.retention_days, 1, 3650)?;
-        in_range("events.max_events", self.events.max_events as i64, 100, 100_000_000)?;
+        in_range(
+            "events.max_events",
+            self.events.max_events as i64,
+            100,
+            100_000_000,
+        )?;
         Ok(())
     }
 }
@@ -299,13 +352,36 @@ impl ServerConfig {
         if !self.http_listen.is_empty() && self.http_listen.parse::<SocketAddr>().is_err() {
             return Err(bad(
                 "server.http_listen",
-                format!("`{}` is not an address:port such as 127.0.0.1:8080", self.http_listen),
+                format!(
+                    "`{}` is not an address:port such as 127.0.0.1:8080",
+                    self.http_listen
+                ),
             ));
         }
-        in_range("server.api_body_limit", self.api_body_limit as i64, 1024, 64 << 20)?;
-        in_range("server.agent_body_limit", self.agent_body_limit as i64, 1024, 256 << 20)?;
-        in_range("server.request_timeout_s", self.request_timeout_s as i64, 1, 3600)?;
-        in_range("server.shutdown_grace_s", self.shutdown_grace_s as i64, 0, 600)?;
+        in_range(
+            "server.api_body_limit",
+            self.api_body_limit as i64,
+            1024,
+            64 << 20,
+        )?;
+        in_range(
+            "server.agent_body_limit",
+            self.agent_body_limit as i64,
+            1024,
+            256 << 20,
+        )?;
+        in_range(
+            "server.request_timeout_s",
+            self.request_timeout_s as i64,
+            1,
+            3600,
+        )?;
+        in_range(
+            "server.shutdown_grace_s",
+            self.shutdown_grace_s as i64,
+            0,
+            600,
+        )?;
         Ok(())
     }
 }
@@ -315,8 +391,18 @@ impl StoreConfig {
         if self.data_dir.as_os_str().is_empty() {
             return Err(bad("store.data_dir", "must not be empty"));
         }
-        in_range("store.cache_capacity_mib", self.cache_capacity_mib as i64, 1, 65_536)?;
-        in_range("store.flush_every_ms", self.flush_every_ms as i64, 1, 60_000)?;
+        in_range(
+            "store.cache_capacity_mib",
+            self.cache_capacity_mib as i64,
+            1,
+            65_536,
+        )?;
+        in_range(
+            "store.flush_every_ms",
+            self.flush_every_ms as i64,
+            1,
+            60_000,
+        )?;
         Ok(())
     }
 }
@@ -341,7 +427,9 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        RelayConfig::default().validate().expect("defaults must validate");
+        RelayConfig::default()
+            .validate()
+            .expect("defaults must validate");
     }
 
     #[test]
@@ -353,6 +441,9 @@ mod tests {
 
         let mut config = RelayConfig::default();
         config.server.http_listen = "localhost".into();
-        assert_eq!(config.validate().expect_err("bad addr").key, "server.http_listen");
+        assert_eq!(
+            config.validate().expect_err("bad addr").key,
+            "server.http_listen"
+        );
     }
 }

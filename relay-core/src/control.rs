@@ -62,7 +62,10 @@ pub fn router(relay: Arc<Relay>) -> Router {
 ///
 /// # Errors
 /// 409 when an admin exists; 422 for bad fields.
-pub async fn bootstrap_admin(relay: &Relay, req: Bootstrap) -> Result<serde_json::Value, RelayError> {
+pub async fn bootstrap_admin(
+    relay: &Relay,
+    req: Bootstrap,
+) -> Result<serde_json::Value, RelayError> {
     if relay.auth.has_admin() {
         return Err(RelayError::Conflict {
             detail: "an admin exists already; create keys with `keys create`".into(),
@@ -89,21 +92,35 @@ pub async fn bootstrap_admin(relay: &Relay, req: Bootstrap) -> Result<serde_json
     Ok(json!({"user": user, "key": key}))
 }
 
-async fn bootstrap(State(relay): State<Arc<Relay>>, JsonBody(req): JsonBody<Bootstrap>) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
-    Ok((StatusCode::CREATED, Json(bootstrap_admin(&relay, req).await?)))
+async fn bootstrap(
+    State(relay): State<Arc<Relay>>,
+    JsonBody(req): JsonBody<Bootstrap>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(bootstrap_admin(&relay, req).await?),
+    ))
 }
 
 async fn users_list(State(relay): State<Arc<Relay>>) -> Json<serde_json::Value> {
     Json(json!({"users": relay.users()}))
 }
 
-async fn users_create(State(relay): State<Arc<Relay>>, JsonBody(req): JsonBody<NewUser>) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+async fn users_create(
+    State(relay): State<Arc<Relay>>,
+    JsonBody(req): JsonBody<NewUser>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     let user = relay.create_user(req).await?;
     Ok((StatusCode::CREATED, Json(json!(user))))
 }
 
-async fn users_disable(State(relay): State<Arc<Relay>>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
-    let id: UserId = id.parse().map_err(|_| ApiError::NotFound("no such user".into()))?;
+async fn users_disable(
+    State(relay): State<Arc<Relay>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let id: UserId = id
+        .parse()
+        .map_err(|_| ApiError::NotFound("no such user".into()))?;
     Ok(Json(json!(relay.disable_user(id).await?)))
 }
 
@@ -111,17 +128,31 @@ async fn keys_list(State(relay): State<Arc<Relay>>) -> Json<serde_json::Value> {
     Json(json!({"keys": relay.keys()}))
 }
 
-async fn keys_create(State(relay): State<Arc<Relay>>, JsonBody(req): JsonBody<LocalKey>) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+async fn keys_create(
+    State(relay): State<Arc<Relay>>,
+    JsonBody(req): JsonBody<LocalKey>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     let owner = match &req.key.user_id {
-        Some(id) => id.parse::<UserId>().map_err(|_| ApiError::from(RelayError::invalid("user_id", "is not a user id")))?,
-        None => return Err(RelayError::invalid("user_id", "name the user the key is for (--user)").into()),
+        Some(id) => id
+            .parse::<UserId>()
+            .map_err(|_| ApiError::from(RelayError::invalid("user_id", "is not a user id")))?,
+        None => {
+            return Err(
+                RelayError::invalid("user_id", "name the user the key is for (--user)").into(),
+            )
+        }
     };
     let created = relay.create_key(req.key, owner).await?;
     Ok((StatusCode::CREATED, Json(json!(created))))
 }
 
-async fn keys_revoke(State(relay): State<Arc<Relay>>, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    let id: KeyId = id.parse().map_err(|_| ApiError::NotFound("no such key".into()))?;
+async fn keys_revoke(
+    State(relay): State<Arc<Relay>>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let id: KeyId = id
+        .parse()
+        .map_err(|_| ApiError::NotFound("no such key".into()))?;
     relay.revoke_key(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -131,8 +162,13 @@ async fn enrollment_rotate(State(relay): State<Arc<Relay>>) -> ApiResult<Json<se
     Ok(Json(json!({"enrollment_token": token.expose()})))
 }
 
-async fn kev_import(State(relay): State<Arc<Relay>>, body: Bytes) -> ApiResult<Json<serde_json::Value>> {
-    let catalog = crate::vulns::parse_kev(&body).map_err(|e| ApiError::Invalid(vec![crate::error::FieldError::new("body", e.to_string())]))?;
+async fn kev_import(
+    State(relay): State<Arc<Relay>>,
+    body: Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
+    let catalog = crate::vulns::parse_kev(&body).map_err(|e| {
+        ApiError::Invalid(vec![crate::error::FieldError::new("body", e.to_string())])
+    })?;
     let version = catalog.version.clone();
     let entries = relay.import_kev(catalog).await?;
     Ok(Json(json!({"entries": entries, "version": version})))

@@ -86,11 +86,14 @@ struct Entry {
     scheduled: Option<(ScheduleId, Timestamp)>,
 }
 
+/// `(kb, package, severity)`: what the counts of one update depend on.
+type CountedUpdate = (Option<Box<str>>, Option<Box<str>>, Severity);
+
 #[derive(Debug)]
 struct SetEntry {
     refs: u32,
     /// `(kb, package, severity)` of each update: all the counts need.
-    items: Vec<(Option<Box<str>>, Option<Box<str>>, Severity)>,
+    items: Vec<CountedUpdate>,
     /// `(available, critical)` per OS family under the current exclusions.
     counts: [(u32, u32); 3],
 }
@@ -99,7 +102,13 @@ impl SetEntry {
     fn new(updates: &[Update], active: &[Exclusion]) -> Self {
         let items = updates
             .iter()
-            .map(|u| (u.kb.as_deref().map(Box::from), u.package.as_deref().map(Box::from), u.severity))
+            .map(|u| {
+                (
+                    u.kb.as_deref().map(Box::from),
+                    u.package.as_deref().map(Box::from),
+                    u.severity,
+                )
+            })
             .collect();
         let mut entry = Self {
             refs: 0,
@@ -214,7 +223,9 @@ impl FleetIndex {
         let previous = inner.devices.get(&record.device_id).cloned();
         if let (Some(hash), Some(updates)) = (record.update_set, updates) {
             if !inner.sets.contains_key(&hash) {
-                inner.sets.insert(hash, SetEntry::new(updates, &inner.active));
+                inner
+                    .sets
+                    .insert(hash, SetEntry::new(updates, &inner.active));
             }
         }
         let scheduled = previous.as_ref().and_then(|p| p.scheduled);
@@ -275,7 +286,11 @@ impl FleetIndex {
             hostname: e.hostname.clone(),
             os_family: e.os_family,
             os_name: e.os_name.clone(),
-            status: if self.is_online(e.last_seen, now) { "online" } else { "offline" },
+            status: if self.is_online(e.last_seen, now) {
+                "online"
+            } else {
+                "offline"
+            },
             last_seen: e.last_seen,
             updates_available: available,
             critical_count: critical,
@@ -292,7 +307,9 @@ impl FleetIndex {
         if f.os_family.is_some_and(|fam| fam != e.os_family) {
             return false;
         }
-        if f.online.is_some_and(|on| on != self.is_online(e.last_seen, now)) {
+        if f.online
+            .is_some_and(|on| on != self.is_online(e.last_seen, now))
+        {
             return false;
         }
         if let Some(q) = &f.hostname_contains {
@@ -336,7 +353,9 @@ impl FleetIndex {
         };
 
         let range = match after {
-            Some(a) => inner.devices.range((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            Some(a) => inner
+                .devices
+                .range((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
             None => inner.devices.range(..),
         };
         let mut devices = Vec::with_capacity(limit.min(total));
@@ -348,8 +367,16 @@ impl FleetIndex {
             }
             devices.push(self.summary(&inner, *id, entry, now));
         }
-        let next = if more { devices.last().map(|d| d.device_id) } else { None };
-        DevicePage { devices, total, next }
+        let next = if more {
+            devices.last().map(|d| d.device_id)
+        } else {
+            None
+        };
+        DevicePage {
+            devices,
+            total,
+            next,
+        }
     }
 
     /// Devices with a pending reboot or an open schedule, in id order.
@@ -503,6 +530,9 @@ mod tests {
             online: Some(false),
             ..Default::default()
         };
-        assert_eq!(index.page(&filter, None, 50, Timestamp(1000 + 901)).total, 2);
+        assert_eq!(
+            index.page(&filter, None, 50, Timestamp(1000 + 901)).total,
+            2
+        );
     }
 }

@@ -95,7 +95,11 @@ pub fn normalize_value(kind: ExclusionKind, raw: &str) -> Result<String, ValueEr
 }
 
 /// The first active exclusion in `active` that blocks `update`.
-pub fn blocking<'a>(active: &'a [Exclusion], update: &Update, family: OsFamily) -> Option<&'a Exclusion> {
+pub fn blocking<'a>(
+    active: &'a [Exclusion],
+    update: &Update,
+    family: OsFamily,
+) -> Option<&'a Exclusion> {
     active.iter().find(|e| e.blocks(update, family))
 }
 
@@ -190,9 +194,18 @@ mod tests {
 
     #[test]
     fn values_are_trimmed_and_normalised() {
-        assert_eq!(normalize_value(ExclusionKind::Kb, " kb 5034441 "), Ok("KB5034441".into()));
-        assert_eq!(normalize_value(ExclusionKind::Package, " nginx "), Ok("nginx".into()));
-        assert_eq!(normalize_value(ExclusionKind::Package, "rm -rf"), Err(ValueError::Package));
+        assert_eq!(
+            normalize_value(ExclusionKind::Kb, " kb 5034441 "),
+            Ok("KB5034441".into())
+        );
+        assert_eq!(
+            normalize_value(ExclusionKind::Package, " nginx "),
+            Ok("nginx".into())
+        );
+        assert_eq!(
+            normalize_value(ExclusionKind::Package, "rm -rf"),
+            Err(ValueError::Package)
+        );
     }
 }
 
@@ -218,7 +231,11 @@ mod ops {
         ///
         /// # Errors
         /// 422 for invalid fields, 409 naming the existing exclusion.
-        pub async fn create_exclusion(&self, req: NewExclusion, by: UserId) -> RelayResult<Exclusion> {
+        pub async fn create_exclusion(
+            &self,
+            req: NewExclusion,
+            by: UserId,
+        ) -> RelayResult<Exclusion> {
             let now = self.clock.now();
             let mut checks = Checks::new();
             let kind = match req.kind.as_str() {
@@ -229,7 +246,11 @@ mod ops {
             checks.check(kind.is_some(), "kind", "must be kb or package");
             let os_family = req.os_family.as_deref().and_then(|f| {
                 let family = OsFamily::parse(f);
-                checks.check(family.is_some(), "os_family", "must be windows, macos or linux");
+                checks.check(
+                    family.is_some(),
+                    "os_family",
+                    "must be windows, macos or linux",
+                );
                 family
             });
             let value = kind.and_then(|k| match normalize_value(k, &req.value) {
@@ -240,17 +261,20 @@ mod ops {
                 }
             });
             check_text(&mut checks, "reason", &req.reason, 0, 1000);
-            let expires_at = req.expires_at.as_deref().and_then(|t| match Timestamp::parse(t) {
-                Ok(at) if at > now => Some(at),
-                Ok(_) => {
-                    checks.fail("expires_at", "must be in the future");
-                    None
-                }
-                Err(err) => {
-                    checks.fail("expires_at", err.to_string());
-                    None
-                }
-            });
+            let expires_at = req
+                .expires_at
+                .as_deref()
+                .and_then(|t| match Timestamp::parse(t) {
+                    Ok(at) if at > now => Some(at),
+                    Ok(_) => {
+                        checks.fail("expires_at", "must be in the future");
+                        None
+                    }
+                    Err(err) => {
+                        checks.fail("expires_at", err.to_string());
+                        None
+                    }
+                });
             checks.finish()?;
             let (Some(kind), Some(value)) = (kind, value) else {
                 return Err(RelayError::invalid("value", "is required"));
@@ -269,16 +293,23 @@ mod ops {
             let unique = exclusion.unique_key();
             {
                 let mut writer = self.store.writer();
-            if let Some(existing) = writer.store().get::<ExclusionId>(Table::ExclusionKeys, &unique)? {
-                return Err(RelayError::Conflict {
-                    detail: format!("the same exclusion exists as {existing}"),
-                });
-            }
-            let mut batch = Batch::new();
-            batch.put(Table::Exclusions, exclusion.exclusion_id.to_bytes().to_vec(), &exclusion);
-            batch.put(Table::ExclusionKeys, unique, &exclusion.exclusion_id);
-            writer.apply(batch)?;
-            self.refresh_exclusions()?;
+                if let Some(existing) = writer
+                    .store()
+                    .get::<ExclusionId>(Table::ExclusionKeys, &unique)?
+                {
+                    return Err(RelayError::Conflict {
+                        detail: format!("the same exclusion exists as {existing}"),
+                    });
+                }
+                let mut batch = Batch::new();
+                batch.put(
+                    Table::Exclusions,
+                    exclusion.exclusion_id.to_bytes().to_vec(),
+                    &exclusion,
+                );
+                batch.put(Table::ExclusionKeys, unique, &exclusion.exclusion_id);
+                writer.apply(batch)?;
+                self.refresh_exclusions()?;
             }
             self.store.durable().await?;
             Ok(exclusion)
@@ -291,15 +322,15 @@ mod ops {
         pub async fn delete_exclusion(&self, id: ExclusionId) -> RelayResult<()> {
             {
                 let mut writer = self.store.writer();
-            let exclusion: Exclusion = writer
-                .store()
-                .get(Table::Exclusions, &id.to_bytes())?
-                .ok_or(RelayError::NotFound("exclusion"))?;
-            let mut batch = Batch::new();
-            batch.delete(Table::Exclusions, id.to_bytes().to_vec());
-            batch.delete(Table::ExclusionKeys, exclusion.unique_key());
-            writer.apply(batch)?;
-            self.refresh_exclusions()?;
+                let exclusion: Exclusion = writer
+                    .store()
+                    .get(Table::Exclusions, &id.to_bytes())?
+                    .ok_or(RelayError::NotFound("exclusion"))?;
+                let mut batch = Batch::new();
+                batch.delete(Table::Exclusions, id.to_bytes().to_vec());
+                batch.delete(Table::ExclusionKeys, exclusion.unique_key());
+                writer.apply(batch)?;
+                self.refresh_exclusions()?;
             }
             self.store.durable().await?;
             Ok(())
@@ -329,10 +360,19 @@ mod ops {
         ///
         /// # Errors
         /// A storage failure.
-        pub fn exclusion_page(&self, after: Option<ExclusionId>, limit: usize) -> RelayResult<(Vec<Exclusion>, usize)> {
+        pub fn exclusion_page(
+            &self,
+            after: Option<ExclusionId>,
+            limit: usize,
+        ) -> RelayResult<(Vec<Exclusion>, usize)> {
             let key = after.map(|a| a.to_bytes().to_vec()).unwrap_or_default();
-            let rows = self.store.scan_from::<Exclusion>(Table::Exclusions, &key, limit)?;
-            Ok((rows.into_iter().map(|(_, e)| e).collect(), self.store.len(Table::Exclusions)))
+            let rows = self
+                .store
+                .scan_from::<Exclusion>(Table::Exclusions, &key, limit)?;
+            Ok((
+                rows.into_iter().map(|(_, e)| e).collect(),
+                self.store.len(Table::Exclusions),
+            ))
         }
     }
 }

@@ -157,7 +157,9 @@ mod tests {
         assert!("dev_".parse::<DeviceId>().is_err());
         assert!("dev_../../etc/passwd".parse::<DeviceId>().is_err());
         assert!(format!("{good}0").parse::<DeviceId>().is_err());
-        assert!("dev_01HXYZ8K3M4N5P6Q7R8S9T0VWU".parse::<DeviceId>().is_err());
+        assert!("dev_01HXYZ8K3M4N5P6Q7R8S9T0VWU"
+            .parse::<DeviceId>()
+            .is_err());
     }
 
     #[test]

@@ -116,7 +116,8 @@ pub fn normalize_kb(text: &str) -> Option<String> {
         Some(p) if p.eq_ignore_ascii_case("kb") => trimmed[2..].trim_start(),
         _ => trimmed,
     };
-    let valid = !digits.is_empty() && digits.len() <= 10 && digits.bytes().all(|b| b.is_ascii_digit());
+    let valid =
+        !digits.is_empty() && digits.len() <= 10 && digits.bytes().all(|b| b.is_ascii_digit());
     valid.then(|| format!("KB{digits}"))
 }
 
@@ -126,8 +127,7 @@ pub fn normalize_cve(text: &str) -> Option<String> {
     let rest = upper.strip_prefix("CVE-")?;
     let (year, number) = rest.split_once('-')?;
     let year_ok = year.len() == 4 && year.bytes().all(|b| b.is_ascii_digit());
-    let number_ok =
-        (4..=19).contains(&number.len()) && number.bytes().all(|b| b.is_ascii_digit());
+    let number_ok = (4..=19).contains(&number.len()) && number.bytes().all(|b| b.is_ascii_digit());
     (year_ok && number_ok).then_some(upper)
 }
 
@@ -157,18 +157,41 @@ mod tests {
 
     #[test]
     fn kb_spellings_normalise_to_one_form() {
-        for spelling in ["KB5034441", "kb5034441", "5034441", "KB 5034441", "  Kb5034441 "] {
-            assert_eq!(normalize_kb(spelling).as_deref(), Some("KB5034441"), "{spelling}");
+        for spelling in [
+            "KB5034441",
+            "kb5034441",
+            "5034441",
+            "KB 5034441",
+            "  Kb5034441 ",
+        ] {
+            assert_eq!(
+                normalize_kb(spelling).as_deref(),
+                Some("KB5034441"),
+                "{spelling}"
+            );
         }
-        for bad in ["", "KB", "KB50344x1", "KB-5034441", "５０３４４４１", "12345678901"] {
+        for bad in [
+            "",
+            "KB",
+            "KB50344x1",
+            "KB-5034441",
+            "５０３４４４１",
+            "12345678901",
+        ] {
             assert_eq!(normalize_kb(bad), None, "{bad}");
         }
     }
 
     #[test]
     fn cve_ids_are_validated_and_upper_cased() {
-        assert_eq!(normalize_cve("cve-2024-21412").as_deref(), Some("CVE-2024-21412"));
-        assert_eq!(normalize_cve("CVE-2021-123456").as_deref(), Some("CVE-2021-123456"));
+        assert_eq!(
+            normalize_cve("cve-2024-21412").as_deref(),
+            Some("CVE-2024-21412")
+        );
+        assert_eq!(
+            normalize_cve("CVE-2021-123456").as_deref(),
+            Some("CVE-2021-123456")
+        );
         assert_eq!(normalize_cve("CVE-2021-123"), None);
         assert_eq!(normalize_cve("CVE-21-1234"), None);
         assert_eq!(normalize_cve("CVE-2021-12a4"), None);

@@ -55,9 +55,12 @@ impl KeyBuckets {
     /// GCRA refills a bucket completely in `burst` emission intervals; after
     /// that long without a request, both buckets are full and forgettable.
     fn idle(&self, now_ms: u64) -> bool {
-        let refill = |burst: u32, per_minute: u32| u64::from(burst) * 60_000 / u64::from(per_minute.max(1));
-        let full_after = refill(self.limits.read_burst, self.limits.read_per_minute)
-            .max(refill(self.limits.write_burst, self.limits.write_per_minute));
+        let refill =
+            |burst: u32, per_minute: u32| u64::from(burst) * 60_000 / u64::from(per_minute.max(1));
+        let full_after = refill(self.limits.read_burst, self.limits.read_per_minute).max(refill(
+            self.limits.write_burst,
+            self.limits.write_per_minute,
+        ));
         now_ms.saturating_sub(self.last_ms.load(Ordering::Relaxed)) > full_after
     }
 }
@@ -110,7 +113,11 @@ impl KeyLimiter {
         }
         if map.len() >= self.max_tracked {
             // Every tracked key is busy: forget the least recently used.
-            if let Some(oldest) = map.iter().min_by_key(|(_, b)| b.last_ms.load(Ordering::Relaxed)).map(|(k, _)| *k) {
+            if let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, b)| b.last_ms.load(Ordering::Relaxed))
+                .map(|(k, _)| *k)
+            {
                 map.remove(&oldest);
             }
         }
@@ -123,9 +130,17 @@ impl KeyLimiter {
     pub fn check(&self, key: KeyId, own: Option<RateLimit>, write: bool) -> Decision {
         let buckets = self.buckets_for(key, own);
         let (bucket, burst, per_minute) = if write {
-            (&buckets.write, buckets.limits.write_burst, buckets.limits.write_per_minute)
+            (
+                &buckets.write,
+                buckets.limits.write_burst,
+                buckets.limits.write_per_minute,
+            )
         } else {
-            (&buckets.read, buckets.limits.read_burst, buckets.limits.read_per_minute)
+            (
+                &buckets.read,
+                buckets.limits.read_burst,
+                buckets.limits.read_per_minute,
+            )
         };
         let interval_ms = 60_000 / u64::from(per_minute.max(1));
         match bucket.check() {
@@ -236,7 +251,10 @@ mod tests {
         let refused = limiter.check(key, None, false);
         assert!(!refused.allowed);
         assert!(refused.retry_after_s >= 1);
-        assert!(limiter.check(key, None, true).allowed, "writes have their own bucket");
+        assert!(
+            limiter.check(key, None, true).allowed,
+            "writes have their own bucket"
+        );
     }
 
     #[test]
@@ -266,6 +284,9 @@ mod tests {
             assert_eq!(limiter.record_failure(ip), None);
         }
         assert!(limiter.record_failure(ip).is_some());
-        assert_eq!(limiter.record_failure("192.0.2.2".parse().expect("ip")), None);
+        assert_eq!(
+            limiter.record_failure("192.0.2.2".parse().expect("ip")),
+            None
+        );
     }
 }

@@ -126,7 +126,12 @@ mod ops {
         /// # Errors
         /// 404 for an unknown device, 422 for a time in the past or too far
         /// ahead.
-        pub async fn schedule_reboot(&self, device_id: DeviceId, req: NewSchedule, by: UserId) -> RelayResult<RebootSchedule> {
+        pub async fn schedule_reboot(
+            &self,
+            device_id: DeviceId,
+            req: NewSchedule,
+            by: UserId,
+        ) -> RelayResult<RebootSchedule> {
             let now = self.clock.now();
             let mut checks = Checks::new();
             let max_ahead = self.config.reboot.max_ahead_days;
@@ -166,32 +171,51 @@ mod ops {
             };
             {
                 let mut writer = self.store.writer();
-            let mut batch = Batch::new();
-            self.stage_close_open(&writer, &mut batch, device_id, now)?;
-            batch.put(Table::Reboots, schedule.schedule_id.to_bytes().to_vec(), &schedule);
-            batch.put(Table::DeviceReboots, device_id.to_bytes().to_vec(), &schedule.schedule_id);
-            let data = serde_json::json!({
-                "device_id": device_id,
-                "hostname": self.fleet.hostname_of(device_id),
-                "schedule_id": schedule.schedule_id,
-                "at": at,
-                "force": schedule.force,
-            });
-            batch.event(EventType::RebootScheduled, now, data);
-            writer.apply(batch)?;
-            self.fleet.set_scheduled(device_id, Some((schedule.schedule_id, at)));
+                let mut batch = Batch::new();
+                self.stage_close_open(&writer, &mut batch, device_id, now)?;
+                batch.put(
+                    Table::Reboots,
+                    schedule.schedule_id.to_bytes().to_vec(),
+                    &schedule,
+                );
+                batch.put(
+                    Table::DeviceReboots,
+                    device_id.to_bytes().to_vec(),
+                    &schedule.schedule_id,
+                );
+                let data = serde_json::json!({
+                    "device_id": device_id,
+                    "hostname": self.fleet.hostname_of(device_id),
+                    "schedule_id": schedule.schedule_id,
+                    "at": at,
+                    "force": schedule.force,
+                });
+                batch.event(EventType::RebootScheduled, now, data);
+                writer.apply(batch)?;
+                self.fleet
+                    .set_scheduled(device_id, Some((schedule.schedule_id, at)));
             }
             self.store.durable().await?;
             Ok(schedule)
         }
 
         /// Marks the device's open schedule cancelled, if there is one.
-        fn stage_close_open(&self, writer: &crate::store::Writer<'_>, batch: &mut Batch, device_id: DeviceId, now: Timestamp) -> RelayResult<Option<RebootSchedule>> {
+        fn stage_close_open(
+            &self,
+            writer: &crate::store::Writer<'_>,
+            batch: &mut Batch,
+            device_id: DeviceId,
+            now: Timestamp,
+        ) -> RelayResult<Option<RebootSchedule>> {
             let store = writer.store();
-            let Some(open) = store.get::<ScheduleId>(Table::DeviceReboots, &device_id.to_bytes())? else {
+            let Some(open) =
+                store.get::<ScheduleId>(Table::DeviceReboots, &device_id.to_bytes())?
+            else {
                 return Ok(None);
             };
-            let Some(mut schedule) = store.get::<RebootSchedule>(Table::Reboots, &open.to_bytes())? else {
+            let Some(mut schedule) =
+                store.get::<RebootSchedule>(Table::Reboots, &open.to_bytes())?
+            else {
                 return Ok(None);
             };
             schedule.status = RebootStatus::Cancelled;
@@ -209,12 +233,15 @@ mod ops {
             let now = self.clock.now();
             {
                 let mut writer = self.store.writer();
-            let mut batch = Batch::new();
-            if self.stage_close_open(&writer, &mut batch, device_id, now)?.is_none() {
-                return Err(RelayError::NotFound("pending reboot"));
-            }
-            writer.apply(batch)?;
-            self.fleet.set_scheduled(device_id, None);
+                let mut batch = Batch::new();
+                if self
+                    .stage_close_open(&writer, &mut batch, device_id, now)?
+                    .is_none()
+                {
+                    return Err(RelayError::NotFound("pending reboot"));
+                }
+                writer.apply(batch)?;
+                self.fleet.set_scheduled(device_id, None);
             }
             self.store.durable().await?;
             Ok(())
@@ -225,7 +252,10 @@ mod ops {
         /// # Errors
         /// A storage failure.
         pub fn open_reboot(&self, device_id: DeviceId) -> RelayResult<Option<RebootSchedule>> {
-            let Some(id) = self.store.get::<ScheduleId>(Table::DeviceReboots, &device_id.to_bytes())? else {
+            let Some(id) = self
+                .store
+                .get::<ScheduleId>(Table::DeviceReboots, &device_id.to_bytes())?
+            else {
                 return Ok(None);
             };
             Ok(self.store.get(Table::Reboots, &id.to_bytes())?)
@@ -242,7 +272,10 @@ mod ops {
             let mut batch = Batch::new();
             let mut missed = Vec::new();
             for (_, id) in writer.store().scan::<ScheduleId>(Table::DeviceReboots)? {
-                let Some(mut s) = writer.store().get::<RebootSchedule>(Table::Reboots, &id.to_bytes())? else {
+                let Some(mut s) = writer
+                    .store()
+                    .get::<RebootSchedule>(Table::Reboots, &id.to_bytes())?
+                else {
                     continue;
                 };
                 if s.dispatch_at(now, grace) == Dispatch::Missed {

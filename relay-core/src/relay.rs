@@ -80,13 +80,24 @@ impl Relay {
             durable_acks: config.store.durable_acks,
         })?;
         let relay_id = relay_id(&store)?;
-        let users: Vec<UserRecord> = store.scan(Table::Users)?.into_iter().map(|(_, v)| v).collect();
-        let keys: Vec<KeyRecord> = store.scan(Table::Keys)?.into_iter().map(|(_, v)| v).collect();
+        let users: Vec<UserRecord> = store
+            .scan(Table::Users)?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        let keys: Vec<KeyRecord> = store
+            .scan(Table::Keys)?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
         let relay = Self {
             fleet: FleetIndex::new(config.agents.offline_after_s),
             auth: AuthCache::load(users, keys),
             key_limiter: KeyLimiter::new(config.limits.per_key, config.limits.max_tracked),
-            failures: FailureLimiter::new(config.limits.auth_failures_per_minute, config.limits.max_tracked),
+            failures: FailureLimiter::new(
+                config.limits.auth_failures_per_minute,
+                config.limits.max_tracked,
+            ),
             kev: RwLock::new(crate::vulns::load_kev(&store)?),
             relay_id,
             started: Instant::now(),
@@ -117,10 +128,15 @@ impl Relay {
             };
             self.fleet.upsert(&device, updates.as_deref());
         }
-        for (_, schedule) in self.store.scan::<crate::reboots::RebootSchedule>(Table::Reboots)? {
+        for (_, schedule) in self
+            .store
+            .scan::<crate::reboots::RebootSchedule>(Table::Reboots)?
+        {
             if schedule.status.is_open() {
-                self.fleet
-                    .set_scheduled(schedule.device_id, Some((schedule.schedule_id, schedule.at)));
+                self.fleet.set_scheduled(
+                    schedule.device_id,
+                    Some((schedule.schedule_id, schedule.at)),
+                );
             }
         }
         Ok(())

@@ -16,7 +16,8 @@ const TICK: Duration = Duration::from_secs(15);
 /// Runs until `stop` turns true.
 pub async fn run(relay: Arc<Relay>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(TICK);
-    let mut snapshot = tokio::time::interval(Duration::from_secs(relay.config.compliance.interval_s));
+    let mut snapshot =
+        tokio::time::interval(Duration::from_secs(relay.config.compliance.interval_s));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     snapshot.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     snapshot.tick().await;
@@ -36,8 +37,10 @@ pub async fn run(relay: Arc<Relay>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+type Step<'a> = dyn Fn() -> Result<(), crate::error::RelayError> + 'a;
+
 fn housekeeping(relay: &Relay) {
-    let steps: [(&str, &dyn Fn() -> Result<(), crate::error::RelayError>); 5] = [
+    let steps: [(&str, &Step<'_>); 5] = [
         ("missed reboots", &|| relay.sweep_missed_reboots().map(drop)),
         ("exclusion expiry", &|| relay.refresh_exclusions()),
         ("key last use", &|| relay.persist_last_used()),
@@ -49,7 +52,9 @@ fn housekeeping(relay: &Relay) {
             tracing::warn!(task = name, error = %err, "housekeeping step failed");
         }
     }
-    relay.key_limiter.shed_idle(|id| relay.auth.key(id).is_some_and(|k| k.revoked_at.is_none()));
+    relay
+        .key_limiter
+        .shed_idle(|id| relay.auth.key(id).is_some_and(|k| k.revoked_at.is_none()));
     relay.failures.shed_idle();
 }
 
@@ -60,11 +65,16 @@ fn housekeeping(relay: &Relay) {
 /// A storage failure.
 pub fn prune_events(relay: &Relay) -> Result<usize, crate::error::RelayError> {
     let cfg = &relay.config.events;
-    let cutoff = relay.clock.now().plus_seconds(-cfg.retention_days * Timestamp::SECONDS_PER_DAY);
+    let cutoff = relay
+        .clock
+        .now()
+        .plus_seconds(-cfg.retention_days * Timestamp::SECONDS_PER_DAY);
     let count = relay.store.len(Table::Events) as u64;
     let over = count.saturating_sub(cfg.max_events) as usize;
     let mut writer = relay.store.writer();
-    let oldest = writer.store().scan_from::<EventRecord>(Table::Events, &[], over.max(1000))?;
+    let oldest = writer
+        .store()
+        .scan_from::<EventRecord>(Table::Events, &[], over.max(1000))?;
     let mut batch = Batch::new();
     let mut pruned = 0;
     for (i, (key, event)) in oldest.into_iter().enumerate() {
@@ -77,7 +87,10 @@ pub fn prune_events(relay: &Relay) -> Result<usize, crate::error::RelayError> {
     }
     if pruned > 0 {
         writer.apply(batch)?;
-        relay.metrics.events_pruned.fetch_add(pruned as u64, std::sync::atomic::Ordering::Relaxed);
+        relay
+            .metrics
+            .events_pruned
+            .fetch_add(pruned as u64, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(pruned, "events pruned by retention");
     }
     Ok(pruned)

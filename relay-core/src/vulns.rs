@@ -32,7 +32,14 @@ pub struct Vulnerability {
 impl Vulnerability {
     /// The default order: known-exploited first, then severity, then the
     /// number of affected devices; the CVE id breaks ties.
-    pub fn sort_key(&self) -> (bool, std::cmp::Reverse<Severity>, std::cmp::Reverse<usize>, String) {
+    pub fn sort_key(
+        &self,
+    ) -> (
+        bool,
+        std::cmp::Reverse<Severity>,
+        std::cmp::Reverse<usize>,
+        String,
+    ) {
         (
             !self.known_exploited,
             std::cmp::Reverse(self.severity),
@@ -77,10 +84,12 @@ pub enum KevError {
 /// # Errors
 /// The text is not the KEV format, or an entry's CVE id is invalid.
 pub fn parse_kev(text: &[u8]) -> Result<KevCatalog, KevError> {
-    let file: KevFile = serde_json::from_slice(text).map_err(|e| KevError::Format(e.to_string()))?;
+    let file: KevFile =
+        serde_json::from_slice(text).map_err(|e| KevError::Format(e.to_string()))?;
     let mut cves = HashSet::with_capacity(file.vulnerabilities.len());
     for (index, entry) in file.vulnerabilities.iter().enumerate() {
-        let cve = crate::inventory::normalize_cve(&entry.cve_id).ok_or(KevError::BadCve { index })?;
+        let cve =
+            crate::inventory::normalize_cve(&entry.cve_id).ok_or(KevError::BadCve { index })?;
         cves.insert(cve);
     }
     Ok(KevCatalog {
@@ -111,20 +120,23 @@ impl Relay {
     pub async fn import_kev(&self, catalog: KevCatalog) -> RelayResult<usize> {
         {
             let mut writer = self.store.writer();
-        let mut batch = Batch::new();
-        for old in writer.store().keys(Table::Kev)? {
-            if !catalog.cves.contains(std::str::from_utf8(&old).unwrap_or("")) {
-                batch.delete(Table::Kev, old);
+            let mut batch = Batch::new();
+            for old in writer.store().keys(Table::Kev)? {
+                if !catalog
+                    .cves
+                    .contains(std::str::from_utf8(&old).unwrap_or(""))
+                {
+                    batch.delete(Table::Kev, old);
+                }
             }
-        }
-        for cve in &catalog.cves {
-            batch.put(Table::Kev, cve.as_bytes().to_vec(), &());
-        }
-        match &catalog.version {
-            Some(v) => batch.put(Table::Meta, META_KEV_VERSION.to_vec(), v),
-            None => batch.delete(Table::Meta, META_KEV_VERSION.to_vec()),
-        }
-        writer.apply(batch)?;
+            for cve in &catalog.cves {
+                batch.put(Table::Kev, cve.as_bytes().to_vec(), &());
+            }
+            match &catalog.version {
+                Some(v) => batch.put(Table::Meta, META_KEV_VERSION.to_vec(), v),
+                None => batch.delete(Table::Meta, META_KEV_VERSION.to_vec()),
+            }
+            writer.apply(batch)?;
         }
         self.store.sync_now().await?;
         let count = catalog.cves.len();
@@ -134,7 +146,11 @@ impl Relay {
     }
 
     pub fn is_known_exploited(&self, cve: &str) -> bool {
-        self.kev.read().unwrap_or_else(|p| p.into_inner()).cves.contains(cve)
+        self.kev
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .cves
+            .contains(cve)
     }
 
     /// Every CVE open on the fleet, filtered and in the default order.
@@ -152,21 +168,26 @@ impl Relay {
             };
             for update in self.update_set(&hash)? {
                 for cve in &update.cves {
-                    let entry = by_cve.entry(cve.id.clone()).or_insert_with(|| Vulnerability {
-                        cve_id: cve.id.clone(),
-                        severity: update.severity,
-                        cvss_score: None,
-                        known_exploited: false,
-                        affected_devices: 0,
-                        device_ids: Vec::new(),
-                        fixed_by: Vec::new(),
-                        first_detected: None,
-                        last_detected: None,
-                    });
+                    let entry = by_cve
+                        .entry(cve.id.clone())
+                        .or_insert_with(|| Vulnerability {
+                            cve_id: cve.id.clone(),
+                            severity: update.severity,
+                            cvss_score: None,
+                            known_exploited: false,
+                            affected_devices: 0,
+                            device_ids: Vec::new(),
+                            fixed_by: Vec::new(),
+                            first_detected: None,
+                            last_detected: None,
+                        });
                     entry.severity = entry.severity.max(update.severity);
                     entry.cvss_score = max_score(entry.cvss_score, cve.cvss);
                     entry.device_ids.extend(&devices);
-                    let fix = update.kb.clone().unwrap_or_else(|| update.update_id.clone());
+                    let fix = update
+                        .kb
+                        .clone()
+                        .unwrap_or_else(|| update.update_id.clone());
                     fixed_by.entry(cve.id.clone()).or_default().insert(fix);
                 }
             }
@@ -182,7 +203,11 @@ impl Relay {
         Ok(out)
     }
 
-    fn finish_vulnerability(&self, v: &mut Vulnerability, fixes: HashSet<String>) -> Result<(), RelayError> {
+    fn finish_vulnerability(
+        &self,
+        v: &mut Vulnerability,
+        fixes: HashSet<String>,
+    ) -> Result<(), RelayError> {
         v.device_ids.sort();
         v.device_ids.dedup();
         v.affected_devices = v.device_ids.len();
@@ -190,7 +215,11 @@ impl Relay {
         v.fixed_by = fixes.into_iter().collect();
         v.fixed_by.sort();
         v.first_detected = self.store.get(Table::CvesSeen, v.cve_id.as_bytes())?;
-        v.last_detected = v.device_ids.iter().filter_map(|d| self.fleet.last_seen_of(*d)).max();
+        v.last_detected = v
+            .device_ids
+            .iter()
+            .filter_map(|d| self.fleet.last_seen_of(*d))
+            .max();
         Ok(())
     }
 }
@@ -205,7 +234,8 @@ fn max_score(a: Option<f32>, b: Option<f32>) -> Option<f32> {
 fn keep(v: &Vulnerability, f: &VulnFilter) -> bool {
     f.severity.is_none_or(|s| s == v.severity)
         && f.known_exploited.is_none_or(|k| k == v.known_exploited)
-        && f.min_cvss.is_none_or(|min| v.cvss_score.is_some_and(|s| s >= min))
+        && f.min_cvss
+            .is_none_or(|min| v.cvss_score.is_some_and(|s| s >= min))
 }
 
 #[cfg(test)]

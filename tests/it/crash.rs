@@ -16,8 +16,19 @@ const KILLS: usize = 6;
 async fn enroll(client: &reqwest::Client, relay: &RelayProcess, i: usize) -> (String, String) {
     let body = json!({"enrollment_token": relay.enrollment_token, "machine_id": format!("crash-{i}"), "hostname": format!("CRASH-{i:02}"),
         "os_family": "linux", "os_name": "Debian GNU/Linux 12", "os_version": "12", "agent_version": "0"});
-    let r: serde_json::Value = client.post(format!("{}/agent/v1/enroll", relay.base_url)).json(&body).send().await.expect("enroll").json().await.expect("json");
-    (r["device_id"].as_str().expect("id").into(), r["agent_token"].as_str().expect("token").into())
+    let r: serde_json::Value = client
+        .post(format!("{}/agent/v1/enroll", relay.base_url))
+        .json(&body)
+        .send()
+        .await
+        .expect("enroll")
+        .json()
+        .await
+        .expect("json");
+    (
+        r["device_id"].as_str().expect("id").into(),
+        r["agent_token"].as_str().expect("token").into(),
+    )
 }
 
 fn checkin_body(i: usize, seq: u64) -> serde_json::Value {
@@ -46,12 +57,22 @@ async fn acknowledged_checkins_survive_sigkill() {
         let count = Arc::new(AtomicU64::new(0));
         let mut tasks = Vec::new();
         for (i, (_, token)) in agents.iter().enumerate() {
-            let (client, url, token) = (client.clone(), format!("{}/agent/v1/checkin", relay.base_url), token.clone());
+            let (client, url, token) = (
+                client.clone(),
+                format!("{}/agent/v1/checkin", relay.base_url),
+                token.clone(),
+            );
             let (acked, stop, count) = (acked.clone(), stop.clone(), count.clone());
             tasks.push(tokio::spawn(async move {
                 let mut seq = acked[i].load(Ordering::SeqCst) + 1;
                 while !stop.load(Ordering::SeqCst) {
-                    let sent = client.post(&url).bearer_auth(&token).json(&checkin_body(i, seq)).timeout(Duration::from_secs(5)).send().await;
+                    let sent = client
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .json(&checkin_body(i, seq))
+                        .timeout(Duration::from_secs(5))
+                        .send()
+                        .await;
                     match sent {
                         Ok(r) if r.status() == 200 => {
                             acked[i].store(seq, Ordering::SeqCst);
@@ -75,13 +96,27 @@ async fn acknowledged_checkins_survive_sigkill() {
         let api = Api::new(&relay);
         for (i, (device, _)) in agents.iter().enumerate() {
             let d = api.get(&format!("/api/devices/{device}")).await;
-            let stored: u64 = d.body["agent_version"].as_str().expect("version").parse().expect("number");
+            let stored: u64 = d.body["agent_version"]
+                .as_str()
+                .expect("version")
+                .parse()
+                .expect("number");
             let want = acked[i].load(Ordering::SeqCst);
-            assert!(stored >= want, "round {round}: device {i} lost acknowledged check-in {want} (store has {stored})");
+            assert!(
+                stored >= want,
+                "round {round}: device {i} lost acknowledged check-in {want} (store has {stored})"
+            );
             let updates = d.body["updates"].as_array().expect("updates");
-            assert_eq!(updates[0]["update_id"], format!("openssl:{stored}"), "the state matches the version");
+            assert_eq!(
+                updates[0]["update_id"],
+                format!("openssl:{stored}"),
+                "the state matches the version"
+            );
         }
     }
-    assert!(total_acked > 100, "the load acknowledged only {total_acked} check-ins");
+    assert!(
+        total_acked > 100,
+        "the load acknowledged only {total_acked} check-ins"
+    );
     eprintln!("crash test: {KILLS} SIGKILLs, {total_acked} acknowledged check-ins, none lost");
 }

@@ -6,8 +6,17 @@ use serde_json::json;
 
 use crate::support::{relay_with_fleet, Api};
 
-async fn raw(relay: &relay_tests::harness::RelayProcess, method: Method, path: &str, content_type: Option<&str>, body: Vec<u8>) -> reqwest::Response {
-    let mut req = reqwest::Client::new().request(method, format!("{}{path}", relay.base_url)).bearer_auth(&relay.admin_key).body(body);
+async fn raw(
+    relay: &relay_tests::harness::RelayProcess,
+    method: Method,
+    path: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> reqwest::Response {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{}{path}", relay.base_url))
+        .bearer_auth(&relay.admin_key)
+        .body(body);
     if let Some(ct) = content_type {
         req = req.header("content-type", ct);
     }
@@ -16,7 +25,12 @@ async fn raw(relay: &relay_tests::harness::RelayProcess, method: Method, path: &
 
 fn assert_problem(resp: &reqwest::Response, status: u16) {
     assert_eq!(resp.status().as_u16(), status, "{}", resp.url());
-    assert_eq!(resp.headers()["content-type"], "application/problem+json", "{}", resp.url());
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/problem+json",
+        "{}",
+        resp.url()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,9 +40,22 @@ async fn every_error_status_of_the_contract() {
     let device = fleet.agents()[0].device_id().expect("id").to_string();
 
     // 400: bad JSON, an unparseable query parameter, a foreign cursor.
-    let r = raw(&relay, Method::POST, "/api/patch-exclusions", Some("application/json"), b"{\"kind\": ".to_vec()).await;
+    let r = raw(
+        &relay,
+        Method::POST,
+        "/api/patch-exclusions",
+        Some("application/json"),
+        b"{\"kind\": ".to_vec(),
+    )
+    .await;
     assert_problem(&r, 400);
-    for path in ["/api/devices?limit=abc", "/api/devices?cursor=!!!", "/api/devices?has_critical=maybe", "/api/devices?status=sleeping", "/api/vulnerabilities?min_cvss=eleven"] {
+    for path in [
+        "/api/devices?limit=abc",
+        "/api/devices?cursor=!!!",
+        "/api/devices?has_critical=maybe",
+        "/api/devices?status=sleeping",
+        "/api/vulnerabilities?min_cvss=eleven",
+    ] {
         let r = api.get(path).await;
         assert_eq!(r.status, 400, "{path}: {}", r.text);
         assert!(r.body["detail"].is_string());
@@ -38,13 +65,30 @@ async fn every_error_status_of_the_contract() {
     let r = anonymous.get("/api/devices").await;
     assert_eq!(r.status, 401);
     assert_eq!(r.headers["www-authenticate"], "Bearer");
-    let r = reqwest::Client::new().get(format!("{}/api/devices", relay.base_url)).header("authorization", format!("Basic {}", relay.admin_key)).send().await.expect("answer");
+    let r = reqwest::Client::new()
+        .get(format!("{}/api/devices", relay.base_url))
+        .header("authorization", format!("Basic {}", relay.admin_key))
+        .send()
+        .await
+        .expect("answer");
     assert_eq!(r.status(), 401);
     // The scheme is case-insensitive.
-    let r = reqwest::Client::new().get(format!("{}/api/devices", relay.base_url)).header("authorization", format!("bEaReR {}", relay.admin_key)).send().await.expect("answer");
+    let r = reqwest::Client::new()
+        .get(format!("{}/api/devices", relay.base_url))
+        .header("authorization", format!("bEaReR {}", relay.admin_key))
+        .send()
+        .await
+        .expect("answer");
     assert_eq!(r.status(), 200);
     // 404: unknown route, unknown id, malformed id, path traversal.
-    for path in ["/api/nope", "/api/devices/dev_01HXYZ8K3M4N5P6Q7R8S9T0VWX", "/api/devices/not-an-id", "/api/devices/..%2F..%2Fetc%2Fpasswd", "/api/compliance/snapshots/snap_x", "/nothing"] {
+    for path in [
+        "/api/nope",
+        "/api/devices/dev_01HXYZ8K3M4N5P6Q7R8S9T0VWX",
+        "/api/devices/not-an-id",
+        "/api/devices/..%2F..%2Fetc%2Fpasswd",
+        "/api/compliance/snapshots/snap_x",
+        "/nothing",
+    ] {
         let r = api.get(path).await;
         assert_eq!(r.status, 404, "{path}");
         assert_eq!(r.headers["content-type"], "application/problem+json");
@@ -55,47 +99,156 @@ async fn every_error_status_of_the_contract() {
     assert!(r.headers["allow"].to_str().expect("ascii").contains("GET"));
     assert_eq!(r.headers["content-type"], "application/problem+json");
     // 409 is covered with exclusions; 413 past 1 MiB on /api.
-    let big = format!("{{\"kind\":\"kb\",\"value\":\"KB1\",\"reason\":\"{}\"}}", "x".repeat(1_100_000));
-    let r = raw(&relay, Method::POST, "/api/patch-exclusions", Some("application/json"), big.into_bytes()).await;
+    let big = format!(
+        "{{\"kind\":\"kb\",\"value\":\"KB1\",\"reason\":\"{}\"}}",
+        "x".repeat(1_100_000)
+    );
+    let r = raw(
+        &relay,
+        Method::POST,
+        "/api/patch-exclusions",
+        Some("application/json"),
+        big.into_bytes(),
+    )
+    .await;
     assert_problem(&r, 413);
     // 415 without a JSON content type; parameters and case are fine.
-    let r = raw(&relay, Method::POST, "/api/patch-exclusions", Some("text/plain"), b"{}".to_vec()).await;
+    let r = raw(
+        &relay,
+        Method::POST,
+        "/api/patch-exclusions",
+        Some("text/plain"),
+        b"{}".to_vec(),
+    )
+    .await;
     assert_problem(&r, 415);
-    let r = raw(&relay, Method::POST, "/api/patch-exclusions", None, b"{}".to_vec()).await;
+    let r = raw(
+        &relay,
+        Method::POST,
+        "/api/patch-exclusions",
+        None,
+        b"{}".to_vec(),
+    )
+    .await;
     assert_problem(&r, 415);
-    let ok = raw(&relay, Method::POST, "/api/patch-exclusions", Some("Application/JSON; charset=utf-8"), br#"{"kind":"package","value":"openssl"}"#.to_vec()).await;
+    let ok = raw(
+        &relay,
+        Method::POST,
+        "/api/patch-exclusions",
+        Some("Application/JSON; charset=utf-8"),
+        br#"{"kind":"package","value":"openssl"}"#.to_vec(),
+    )
+    .await;
     assert_eq!(ok.status(), 201);
     // 422: limits, wrong types, bad values, a time without an offset.
     let r = api.get("/api/devices?limit=0").await;
     assert_eq!(r.status, 422);
     assert_eq!(api.get("/api/devices?limit=501").await.status, 422);
-    let r = api.post("/api/patch-exclusions", json!({"kind": "kb", "value": 5034441})).await;
+    let r = api
+        .post(
+            "/api/patch-exclusions",
+            json!({"kind": "kb", "value": 5034441}),
+        )
+        .await;
     assert_eq!(r.status, 422);
     assert_eq!(r.body["errors"][0]["field"], "value");
-    let r = api.post("/api/patch-exclusions", json!({"kind": "kb", "value": "KB50x"})).await;
+    let r = api
+        .post(
+            "/api/patch-exclusions",
+            json!({"kind": "kb", "value": "KB50x"}),
+        )
+        .await;
     assert_eq!(r.status, 422);
-    let r = api.post("/api/patch-exclusions", json!({"kind": "package", "value": "rm -rf /"})).await;
+    let r = api
+        .post(
+            "/api/patch-exclusions",
+            json!({"kind": "package", "value": "rm -rf /"}),
+        )
+        .await;
     assert_eq!(r.status, 422);
-    let r = api.post(&format!("/api/reboot-management/{device}/schedule"), json!({"at": "2099-01-01T10:00:00"})).await;
+    let r = api
+        .post(
+            &format!("/api/reboot-management/{device}/schedule"),
+            json!({"at": "2099-01-01T10:00:00"}),
+        )
+        .await;
     assert_eq!(r.status, 422);
-    assert!(r.body["errors"][0]["message"].as_str().expect("msg").contains("offset"));
-    let r = raw(&relay, Method::POST, "/api/patch-exclusions", Some("application/json"), br#"{"kind": "kb", "value": "KB1", "kind": "package"}"#.to_vec()).await;
+    assert!(r.body["errors"][0]["message"]
+        .as_str()
+        .expect("msg")
+        .contains("offset"));
+    let r = raw(
+        &relay,
+        Method::POST,
+        "/api/patch-exclusions",
+        Some("application/json"),
+        br#"{"kind": "kb", "value": "KB1", "kind": "package"}"#.to_vec(),
+    )
+    .await;
     assert_problem(&r, 422);
-    let r = api.post("/api/keys", json!({"name": "n", "expires_in_days": 1e40})).await;
+    let r = api
+        .post("/api/keys", json!({"name": "n", "expires_in_days": 1e40}))
+        .await;
     assert_eq!(r.status, 422);
-    let r = api.post("/api/users", json!({"name": "\u{202e}evil\u{0000}", "role": "admin"})).await;
+    let r = api
+        .post(
+            "/api/users",
+            json!({"name": "\u{202e}evil\u{0000}", "role": "admin"}),
+        )
+        .await;
     assert_eq!(r.status, 422);
-    let deep = format!("{{\"name\":\"a\",\"role\":\"viewer\",\"x\":{}{}}}", "[".repeat(5000), "]".repeat(5000));
-    let r = raw(&relay, Method::POST, "/api/users", Some("application/json"), deep.into_bytes()).await;
-    assert!(r.status().is_success() || r.status().is_client_error(), "deep JSON: {}", r.status());
+    let deep = format!(
+        "{{\"name\":\"a\",\"role\":\"viewer\",\"x\":{}{}}}",
+        "[".repeat(5000),
+        "]".repeat(5000)
+    );
+    let r = raw(
+        &relay,
+        Method::POST,
+        "/api/users",
+        Some("application/json"),
+        deep.into_bytes(),
+    )
+    .await;
+    assert!(
+        r.status().is_success() || r.status().is_client_error(),
+        "deep JSON: {}",
+        r.status()
+    );
     let deeper = format!("{}{}", "{\"a\":".repeat(100_000), "}".repeat(100_000));
-    let r = raw(&relay, Method::POST, "/api/keys", Some("application/json"), deeper.into_bytes()).await;
-    assert!(r.status().is_client_error(), "very deep JSON: {}", r.status());
-    let r = raw(&relay, Method::POST, "/api/users", Some("application/json"), vec![0xff, 0xfe, 0x7b]).await;
+    let r = raw(
+        &relay,
+        Method::POST,
+        "/api/keys",
+        Some("application/json"),
+        deeper.into_bytes(),
+    )
+    .await;
+    assert!(
+        r.status().is_client_error(),
+        "very deep JSON: {}",
+        r.status()
+    );
+    let r = raw(
+        &relay,
+        Method::POST,
+        "/api/users",
+        Some("application/json"),
+        vec![0xff, 0xfe, 0x7b],
+    )
+    .await;
     assert_problem(&r, 400);
 
-    let metrics = reqwest::get(format!("{}/metrics", relay.base_url)).await.expect("metrics").text().await.expect("text");
-    assert!(metrics.contains("patchpilot_http_server_errors_total 0"), "no input produced a 500:\n{metrics}");
+    let metrics = reqwest::get(format!("{}/metrics", relay.base_url))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("patchpilot_http_server_errors_total 0"),
+        "no input produced a 500:\n{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,7 +262,11 @@ async fn agent_protocol_refuses_bad_checkins_whole() {
 
     let client = reqwest::Client::new();
     let checkin = |body: serde_json::Value, token: &str| {
-        client.post(format!("{}/agent/v1/checkin", relay.base_url)).bearer_auth(token).json(&body).send()
+        client
+            .post(format!("{}/agent/v1/checkin", relay.base_url))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
     };
     let good_update = json!({"update_id": "KB1", "kb": "KB1", "package": null, "title": "t", "severity": "critical", "cves": [], "released_at": null});
     let mut bad_update = good_update.clone();
@@ -120,9 +277,15 @@ async fn agent_protocol_refuses_bad_checkins_whole() {
     let r = checkin(body, &token).await.expect("answer");
     assert_eq!(r.status(), 422);
     let problem: serde_json::Value = r.json().await.expect("json");
-    assert_eq!(problem["errors"][0]["field"], "available_updates[1].severity");
+    assert_eq!(
+        problem["errors"][0]["field"],
+        "available_updates[1].severity"
+    );
     let after = api.get(&format!("/api/devices/{id}")).await.body;
-    assert_eq!(before["hostname"], after["hostname"], "a refused check-in changes nothing");
+    assert_eq!(
+        before["hostname"], after["hostname"],
+        "a refused check-in changes nothing"
+    );
     assert_eq!(before["updates"], after["updates"]);
 
     let r = checkin(json!({"hostname": "x", "os_family": "windows", "os_name": "W", "os_version": "1", "agent_version": "1"}), "ppa_wrong").await.expect("answer");
@@ -135,6 +298,13 @@ async fn agent_protocol_refuses_bad_checkins_whole() {
         .expect("answer");
     assert_eq!(r.status(), 401);
     let huge = vec![b' '; 9 * 1024 * 1024];
-    let r = client.post(format!("{}/agent/v1/checkin", relay.base_url)).bearer_auth(&token).header("content-type", "application/json").body(huge).send().await.expect("answer");
+    let r = client
+        .post(format!("{}/agent/v1/checkin", relay.base_url))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .expect("answer");
     assert_eq!(r.status(), 413);
 }

@@ -12,7 +12,8 @@ use serde_json::Value;
 pub fn real_profiles() -> &'static [Profile] {
     static PROFILES: OnceLock<Vec<Profile>> = OnceLock::new();
     PROFILES.get_or_init(|| {
-        profiles::load_profiles(&profiles::default_data_dir()).expect("the shared data yields fleet profiles")
+        profiles::load_profiles(&profiles::default_data_dir())
+            .expect("the shared data yields fleet profiles")
     })
 }
 
@@ -55,7 +56,12 @@ impl Api {
         let headers = resp.headers().clone();
         let text = resp.text().await.expect("a body");
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Reply { status, headers, body, text }
+        Reply {
+            status,
+            headers,
+            body,
+            text,
+        }
     }
 
     pub async fn get(&self, path: &str) -> Reply {
@@ -88,11 +94,18 @@ impl Api {
 }
 
 /// A relay with `n` enrolled agents that have each checked in once.
-pub async fn relay_with_fleet(n: usize, seed: u64, extra: &str) -> (RelayProcess, Fleet, RelayClient) {
+pub async fn relay_with_fleet(
+    n: usize,
+    seed: u64,
+    extra: &str,
+) -> (RelayProcess, Fleet, RelayClient) {
     let relay = RelayProcess::start(extra).expect("the relay starts");
     let client = RelayClient::new(&relay.base_url, 16).expect("client");
     let mut fleet = Fleet::new(real_profiles(), n, seed).expect("fleet");
-    let enrolled = fleet.enroll_all(&client, &relay.enrollment_token).await.expect("enroll");
+    let enrolled = fleet
+        .enroll_all(&client, &relay.enrollment_token)
+        .await
+        .expect("enroll");
     assert_eq!(enrolled.failed, 0, "{:?}", enrolled.errors);
     let round = fleet.checkin_round(&client).await.expect("checkin");
     assert_eq!(round.failed, 0, "{:?}", round.errors);

@@ -175,11 +175,39 @@ impl Catalog {
     /// the product's KBs that are neither installed nor superseded
     /// (transitively, over the whole catalog) by an installed KB.
     pub fn missing_updates(&self, product: &str, installed: &[u32]) -> MissingUpdates {
+        self.missing_where(product, installed, false)
+    }
+
+    /// What Windows Update itself offers: the missing updates less those
+    /// superseded by another missing update (only the newest of a chain).
+    /// This is also the rule WES-NG applies.
+    pub fn applicable_updates(&self, product: &str, installed: &[u32]) -> MissingUpdates {
+        self.missing_where(product, installed, true)
+    }
+
+    fn missing_where(&self, product: &str, installed: &[u32], newest_only: bool) -> MissingUpdates {
         let mut covered = self.superseded_by(installed.iter().copied());
         covered.extend(installed.iter().copied());
-        let mut missing: Vec<(u32, KbAggregate)> = aggregate_by_kb(self.rows(product))
+        let candidates: Vec<(u32, KbAggregate)> = aggregate_by_kb(self.rows(product))
             .into_iter()
             .filter(|(kb, _)| !covered.contains(kb))
+            .collect();
+        let replaced: HashSet<u32> = if newest_only {
+            candidates
+                .iter()
+                .flat_map(|(kb, _)| {
+                    let kb = *kb;
+                    self.superseded_by([kb])
+                        .into_iter()
+                        .filter(move |old| *old != kb)
+                })
+                .collect()
+        } else {
+            HashSet::new()
+        };
+        let mut missing: Vec<(u32, KbAggregate)> = candidates
+            .into_iter()
+            .filter(|(kb, _)| !replaced.contains(kb))
             .collect();
         missing.sort_by_key(|(kb, agg)| std::cmp::Reverse((agg.date(), *kb)));
         let supersedes = self.missing_supersedence(&missing);
@@ -462,6 +490,17 @@ mod tests {
         );
         // 500 supersedes 450 (another product) which supersedes 420.
         assert_eq!(missing_ids(&c, &[500, 300, 700]), ["KB400"]);
+        Ok(())
+    }
+
+    #[test]
+    fn applicable_updates_keep_only_the_newest_of_a_chain() -> anyhow::Result<()> {
+        let c = catalog()?;
+        let m = c.applicable_updates("Windows P", &[]);
+        let ids: Vec<&str> = m.updates.iter().map(|u| u.update_id.as_str()).collect();
+        assert!(ids.contains(&"KB300") && !ids.contains(&"KB200") && !ids.contains(&"KB100"));
+        assert!(ids.contains(&"KB500") && !ids.contains(&"KB420"));
+        assert!(m.supersedes.iter().all(Vec::is_empty));
         Ok(())
     }
 

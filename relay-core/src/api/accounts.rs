@@ -16,14 +16,21 @@ fn require_admin(who: &Principal) -> ApiResult<()> {
     if who.allows(Role::Admin) {
         Ok(())
     } else {
-        Err(ApiError::Forbidden("managing keys and users needs the admin role".into()))
+        Err(ApiError::Forbidden(
+            "managing keys and users needs the admin role".into(),
+        ))
     }
 }
 
-pub async fn keys_list(State(relay): State<AppState>, Extension(who): Extension<Principal>) -> ApiResult<Json<serde_json::Value>> {
+pub async fn keys_list(
+    State(relay): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> ApiResult<Json<serde_json::Value>> {
     require_admin(&who)?;
     let keys = relay.keys();
-    Ok(Json(json!({"keys": keys, "total": keys.len(), "next_cursor": null})))
+    Ok(Json(
+        json!({"keys": keys, "total": keys.len(), "next_cursor": null}),
+    ))
 }
 
 pub async fn keys_create(
@@ -47,10 +54,15 @@ pub async fn keys_revoke(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn users_list(State(relay): State<AppState>, Extension(who): Extension<Principal>) -> ApiResult<Json<serde_json::Value>> {
+pub async fn users_list(
+    State(relay): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> ApiResult<Json<serde_json::Value>> {
     require_admin(&who)?;
     let users = relay.users();
-    Ok(Json(json!({"users": users, "total": users.len(), "next_cursor": null})))
+    Ok(Json(
+        json!({"users": users, "total": users.len(), "next_cursor": null}),
+    ))
 }
 
 pub async fn users_create(

@@ -10,13 +10,27 @@ use super::AppState;
 use crate::agents::{CheckinRequest, CheckinResponse, EnrollRequest, EnrollResponse};
 use crate::auth::bearer;
 
-pub async fn enroll(State(relay): State<AppState>, JsonBody(body): JsonBody<EnrollRequest>) -> ApiResult<(StatusCode, Json<EnrollResponse>)> {
+pub async fn enroll(
+    State(relay): State<AppState>,
+    JsonBody(body): JsonBody<EnrollRequest>,
+) -> ApiResult<(StatusCode, Json<EnrollResponse>)> {
     Ok((StatusCode::CREATED, Json(relay.enroll(body).await?)))
 }
 
-pub async fn checkin(State(relay): State<AppState>, req: Request) -> ApiResult<Json<CheckinResponse>> {
-    let token = bearer(req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()));
+pub async fn checkin(
+    State(relay): State<AppState>,
+    req: Request,
+) -> ApiResult<Json<CheckinResponse>> {
+    let token = bearer(
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    );
     let device = relay.agent_device(token)?;
-    let JsonBody(body) = <JsonBody<CheckinRequest> as axum::extract::FromRequest<AppState>>::from_request(req, &relay).await?;
+    let JsonBody(body) =
+        <JsonBody<CheckinRequest> as axum::extract::FromRequest<AppState>>::from_request(
+            req, &relay,
+        )
+        .await?;
     Ok(Json(relay.checkin(device, body).await?))
 }

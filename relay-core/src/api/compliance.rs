@@ -20,16 +20,30 @@ fn wants_csv(params: &Params, req: &Request) -> Result<bool, ApiError> {
         Some(_) => return Err(ApiError::BadRequest("format must be json or csv".into())),
         None => {}
     }
-    let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    Ok(accept.split(',').any(|a| a.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("text/csv"))))
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    Ok(accept.split(',').any(|a| {
+        a.split(';')
+            .next()
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/csv"))
+    }))
 }
 
 fn render(snapshot: &Snapshot, csv: bool) -> Response {
     if csv {
-        let disposition = format!("attachment; filename=\"compliance-{}.csv\"", snapshot.snapshot_id);
+        let disposition = format!(
+            "attachment; filename=\"compliance-{}.csv\"",
+            snapshot.snapshot_id
+        );
         (
             StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()), (header::CONTENT_DISPOSITION, disposition)],
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+                (header::CONTENT_DISPOSITION, disposition),
+            ],
             to_csv(snapshot),
         )
             .into_response()
@@ -38,7 +52,11 @@ fn render(snapshot: &Snapshot, csv: bool) -> Response {
     }
 }
 
-pub async fn snapshot_latest(State(relay): State<AppState>, params: Params, req: Request) -> ApiResult<Response> {
+pub async fn snapshot_latest(
+    State(relay): State<AppState>,
+    params: Params,
+    req: Request,
+) -> ApiResult<Response> {
     let csv = wants_csv(&params, &req)?;
     let snapshot = match relay.latest_snapshot()? {
         Some(s) => s,
@@ -47,22 +65,37 @@ pub async fn snapshot_latest(State(relay): State<AppState>, params: Params, req:
     Ok(render(&snapshot, csv))
 }
 
-pub async fn snapshot_take(State(relay): State<AppState>, Extension(who): Extension<Principal>) -> ApiResult<Response> {
+pub async fn snapshot_take(
+    State(relay): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> ApiResult<Response> {
     if !who.allows(Role::Operator) {
-        return Err(ApiError::Forbidden("taking a snapshot needs the operator role".into()));
+        return Err(ApiError::Forbidden(
+            "taking a snapshot needs the operator role".into(),
+        ));
     }
     let snapshot = relay.take_snapshot().await?;
     Ok((StatusCode::CREATED, Json(snapshot)).into_response())
 }
 
-pub async fn snapshots_list(State(relay): State<AppState>, params: Params) -> ApiResult<Json<serde_json::Value>> {
+pub async fn snapshots_list(
+    State(relay): State<AppState>,
+    params: Params,
+) -> ApiResult<Json<serde_json::Value>> {
     let limit = params.limit()?;
     let before = params.cursor(|c| c.parse::<SnapshotId>().ok())?;
     let (rows, total) = relay.snapshot_page(before, limit + 1)?;
     let more = rows.len() > limit;
     let rows: Vec<_> = rows.into_iter().take(limit).collect();
-    let next = if more { rows.last().map(|r| Cursor::encode(&r.snapshot_id.to_string())) } else { None };
-    Ok(Json(json!({"snapshots": rows, "total": total, "next_cursor": next})))
+    let next = if more {
+        rows.last()
+            .map(|r| Cursor::encode(&r.snapshot_id.to_string()))
+    } else {
+        None
+    };
+    Ok(Json(
+        json!({"snapshots": rows, "total": total, "next_cursor": next}),
+    ))
 }
 
 pub async fn snapshots_get(
@@ -73,6 +106,8 @@ pub async fn snapshots_get(
 ) -> ApiResult<Response> {
     let id: SnapshotId = path_id(&id, "snapshot")?;
     let csv = wants_csv(&params, &req)?;
-    let snapshot = relay.snapshot(id)?.ok_or_else(|| ApiError::NotFound("no such snapshot".into()))?;
+    let snapshot = relay
+        .snapshot(id)?
+        .ok_or_else(|| ApiError::NotFound("no such snapshot".into()))?;
     Ok(render(&snapshot, csv))
 }

@@ -13,7 +13,10 @@ use crate::ids::DeviceId;
 use crate::inventory::{fold_case, OsFamily};
 use crate::store::Table;
 
-pub async fn devices_list(State(relay): State<AppState>, params: Params) -> ApiResult<Json<serde_json::Value>> {
+pub async fn devices_list(
+    State(relay): State<AppState>,
+    params: Params,
+) -> ApiResult<Json<serde_json::Value>> {
     let limit = params.limit()?;
     let after = params.cursor(|c| c.parse::<DeviceId>().ok())?;
     let filter = DeviceFilter {
@@ -34,7 +37,10 @@ pub async fn devices_list(State(relay): State<AppState>, params: Params) -> ApiR
     })))
 }
 
-pub async fn devices_get(State(relay): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+pub async fn devices_get(
+    State(relay): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
     let id: DeviceId = path_id(&id, "device")?;
     let device: DeviceRecord = relay
         .store
@@ -46,11 +52,16 @@ pub async fn devices_get(State(relay): State<AppState>, Path(id): Path<String>) 
         .summary_of(id, relay.clock.now())
         .ok_or_else(|| ApiError::NotFound("no such device".into()))?;
     let updates = match device.update_set {
-        Some(h) => relay.update_set(&h).map_err(crate::error::RelayError::from)?,
+        Some(h) => relay
+            .update_set(&h)
+            .map_err(crate::error::RelayError::from)?,
         None => Vec::new(),
     };
     let active = relay.fleet.active_exclusions();
-    let mut vulnerabilities: Vec<&str> = updates.iter().flat_map(|u| u.cves.iter().map(|c| c.id.as_str())).collect();
+    let mut vulnerabilities: Vec<&str> = updates
+        .iter()
+        .flat_map(|u| u.cves.iter().map(|c| c.id.as_str()))
+        .collect();
     vulnerabilities.sort_unstable();
     vulnerabilities.dedup();
     let update_rows: Vec<serde_json::Value> = updates
@@ -70,10 +81,18 @@ pub async fn devices_get(State(relay): State<AppState>, Path(id): Path<String>) 
             })
         })
         .collect();
-    let results: RecentResults = relay.store.get(Table::Results, &id.to_bytes()).map_err(crate::error::RelayError::from)?.unwrap_or_default();
+    let results: RecentResults = relay
+        .store
+        .get(Table::Results, &id.to_bytes())
+        .map_err(crate::error::RelayError::from)?
+        .unwrap_or_default();
     let reasons = relay.device_compliance(&device)?;
     let scheduled = relay.open_reboot(id)?;
-    let seen_via = if device.seen_via_mdns { vec!["checkin", "mdns"] } else { vec!["checkin"] };
+    let seen_via = if device.seen_via_mdns {
+        vec!["checkin", "mdns"]
+    } else {
+        vec!["checkin"]
+    };
 
     let mut body = serde_json::to_value(&summary).unwrap_or_default();
     let extra = json!({

@@ -28,19 +28,32 @@ fn view(e: &Exclusion, now: crate::clock::Timestamp) -> serde_json::Value {
     })
 }
 
-pub async fn exclusions_list(State(relay): State<AppState>, params: Params) -> ApiResult<Json<serde_json::Value>> {
+pub async fn exclusions_list(
+    State(relay): State<AppState>,
+    params: Params,
+) -> ApiResult<Json<serde_json::Value>> {
     let limit = params.limit()?;
     let after = params.cursor(|c| c.parse::<ExclusionId>().ok())?;
     let (rows, total) = relay.exclusion_page(after, limit + 1)?;
     let more = rows.len() > limit;
     let now = relay.clock.now();
     let rows: Vec<_> = rows.iter().take(limit).collect();
-    let next = if more { rows.last().map(|e| Cursor::encode(&e.exclusion_id.to_string())) } else { None };
+    let next = if more {
+        rows.last()
+            .map(|e| Cursor::encode(&e.exclusion_id.to_string()))
+    } else {
+        None
+    };
     let items: Vec<_> = rows.iter().map(|e| view(e, now)).collect();
-    Ok(Json(json!({"exclusions": items, "total": total, "next_cursor": next})))
+    Ok(Json(
+        json!({"exclusions": items, "total": total, "next_cursor": next}),
+    ))
 }
 
-pub async fn exclusions_get(State(relay): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+pub async fn exclusions_get(
+    State(relay): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
     let id: ExclusionId = path_id(&id, "exclusion")?;
     let e: Exclusion = relay
         .store
@@ -56,7 +69,9 @@ pub async fn exclusions_create(
     JsonBody(body): JsonBody<NewExclusion>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     if !who.allows(Role::Operator) {
-        return Err(ApiError::Forbidden("managing exclusions needs the operator role".into()));
+        return Err(ApiError::Forbidden(
+            "managing exclusions needs the operator role".into(),
+        ));
     }
     let e = relay.create_exclusion(body, who.user_id).await?;
     Ok((StatusCode::CREATED, Json(view(&e, relay.clock.now()))))
@@ -68,7 +83,9 @@ pub async fn exclusions_delete(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     if !who.allows(Role::Operator) {
-        return Err(ApiError::Forbidden("managing exclusions needs the operator role".into()));
+        return Err(ApiError::Forbidden(
+            "managing exclusions needs the operator role".into(),
+        ));
     }
     let id: ExclusionId = path_id(&id, "exclusion")?;
     relay.delete_exclusion(id).await?;

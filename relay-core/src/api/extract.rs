@@ -18,7 +18,9 @@ use crate::error::FieldError;
 pub struct JsonBody<T>(pub T);
 
 fn is_json(content_type: Option<&str>) -> bool {
-    let Some(value) = content_type else { return false };
+    let Some(value) = content_type else {
+        return false;
+    };
     let essence = value.split(';').next().unwrap_or("").trim();
     essence.eq_ignore_ascii_case("application/json")
 }
@@ -27,7 +29,10 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
         if !is_json(content_type) {
             return Err(ApiError::UnsupportedMediaType);
         }
@@ -61,7 +66,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let inner = err.into_inner();
         match inner.classify() {
             serde_json::error::Category::Data => {
-                let field = if path == "." { "body".to_string() } else { path };
+                let field = if path == "." {
+                    "body".to_string()
+                } else {
+                    path
+                };
                 ApiError::Invalid(vec![FieldError::new(field, data_message(&inner))])
             }
             _ => ApiError::BadRequest(format!("the body is not valid JSON: {inner}")),
@@ -97,7 +106,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
 
 impl Params {
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// `limit`: default 50; not a number → 400; outside 1..=500 → 422.
@@ -105,13 +118,18 @@ impl Params {
     /// # Errors
     /// As above.
     pub fn limit(&self) -> Result<usize, ApiError> {
-        let Some(text) = self.get("limit") else { return Ok(50) };
+        let Some(text) = self.get("limit") else {
+            return Ok(50);
+        };
         let value: i64 = text
             .trim()
             .parse()
             .map_err(|_| ApiError::BadRequest("limit must be a whole number".into()))?;
         if !(1..=500).contains(&value) {
-            return Err(ApiError::Invalid(vec![FieldError::new("limit", "must be between 1 and 500")]));
+            return Err(ApiError::Invalid(vec![FieldError::new(
+                "limit",
+                "must be between 1 and 500",
+            )]));
         }
         Ok(value as usize)
     }
@@ -123,7 +141,9 @@ impl Params {
             None => Ok(None),
             Some("true") => Ok(Some(true)),
             Some("false") => Ok(Some(false)),
-            Some(_) => Err(ApiError::BadRequest(format!("{name} must be true or false"))),
+            Some(_) => Err(ApiError::BadRequest(format!(
+                "{name} must be true or false"
+            ))),
         }
     }
 
@@ -131,7 +151,12 @@ impl Params {
     ///
     /// # Errors
     /// 400 naming the parameter and what it takes.
-    pub fn parsed<T>(&self, name: &str, expected: &str, parse: impl Fn(&str) -> Option<T>) -> Result<Option<T>, ApiError> {
+    pub fn parsed<T>(
+        &self,
+        name: &str,
+        expected: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<Option<T>, ApiError> {
         match self.get(name) {
             None => Ok(None),
             Some(v) => parse(v)
@@ -150,7 +175,9 @@ impl Params {
             Some(c) => Cursor::decode(c)
                 .and_then(|text| decode(&text))
                 .map(Some)
-                .ok_or_else(|| ApiError::BadRequest("the cursor is not valid for this list".into())),
+                .ok_or_else(|| {
+                    ApiError::BadRequest("the cursor is not valid for this list".into())
+                }),
         }
     }
 }
@@ -174,7 +201,8 @@ impl Cursor {
 /// # Errors
 /// 404 when `text` is not an id of this type.
 pub fn path_id<T: std::str::FromStr>(text: &str, what: &str) -> Result<T, ApiError> {
-    text.parse().map_err(|_| ApiError::NotFound(format!("no such {what}")))
+    text.parse()
+        .map_err(|_| ApiError::NotFound(format!("no such {what}")))
 }
 
 #[cfg(test)]
@@ -189,12 +217,27 @@ mod tests {
 
     #[test]
     fn json_errors_split_into_syntax_and_values() {
-        assert!(matches!(parse_json::<Body>(b"{"), Err(ApiError::BadRequest(_))));
-        assert!(matches!(parse_json::<Body>(b"{\"name\": 1}"), Err(ApiError::Invalid(_))));
-        assert!(matches!(parse_json::<Body>(b"{\"name\": \"a\"} x"), Err(ApiError::BadRequest(_))));
-        assert!(matches!(parse_json::<Body>(b"\xff\xfe"), Err(ApiError::BadRequest(_))));
+        assert!(matches!(
+            parse_json::<Body>(b"{"),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse_json::<Body>(b"{\"name\": 1}"),
+            Err(ApiError::Invalid(_))
+        ));
+        assert!(matches!(
+            parse_json::<Body>(b"{\"name\": \"a\"} x"),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse_json::<Body>(b"\xff\xfe"),
+            Err(ApiError::BadRequest(_))
+        ));
         let deep = "[".repeat(10_000);
-        assert!(matches!(parse_json::<Body>(deep.as_bytes()), Err(ApiError::BadRequest(_))));
+        assert!(matches!(
+            parse_json::<Body>(deep.as_bytes()),
+            Err(ApiError::BadRequest(_))
+        ));
         match parse_json::<Body>(b"{\"name\": \"a\", \"name\": \"b\"}") {
             Err(ApiError::Invalid(e)) => assert!(e[0].message.contains("duplicate")),
             other => panic!("duplicate keys must be 422, got {other:?}"),

@@ -65,7 +65,10 @@ pub async fn require_ready(State(relay): State<AppState>, req: Request, next: Ne
 }
 
 fn is_write(method: &Method) -> bool {
-    matches!(*method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE)
+    matches!(
+        *method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    )
 }
 
 /// Authenticates the `ppk_` key, applies its rate limit, and hands the
@@ -74,7 +77,10 @@ pub async fn require_key(State(relay): State<AppState>, mut req: Request, next: 
     if relay.lifecycle() != Lifecycle::Ready {
         return ApiError::Unavailable.into_response();
     }
-    let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     let presented = match header {
         Some(h) => bearer(Some(h)).or(Some("")),
         None => None,
@@ -84,12 +90,20 @@ pub async fn require_key(State(relay): State<AppState>, mut req: Request, next: 
         Err(err) => return auth_failure(&relay, client_ip(&req), err),
     };
 
-    let decision = relay.key_limiter.check(principal.key_id, principal.rate_limit, is_write(req.method()));
+    let decision = relay.key_limiter.check(
+        principal.key_id,
+        principal.rate_limit,
+        is_write(req.method()),
+    );
     if !decision.allowed {
         Metrics::bump(&relay.metrics.rate_limited);
         let retry_after_s = decision.retry_after_s;
         let detail = format!("rate limit exceeded for this key; retry in {retry_after_s} s");
-        let mut response = ApiError::RateLimited { retry_after_s, detail }.into_response();
+        let mut response = ApiError::RateLimited {
+            retry_after_s,
+            detail,
+        }
+        .into_response();
         rate_headers(&mut response, decision);
         return response;
     }
@@ -104,7 +118,11 @@ fn auth_failure(relay: &AppState, ip: IpAddr, err: AuthError) -> Response {
     if let Some(retry_after_s) = relay.failures.record_failure(ip) {
         Metrics::bump(&relay.metrics.rate_limited);
         let detail = "too many failed authentications from this address".to_string();
-        return ApiError::RateLimited { retry_after_s, detail }.into_response();
+        return ApiError::RateLimited {
+            retry_after_s,
+            detail,
+        }
+        .into_response();
     }
     tracing::debug!(%ip, reason = %err, "authentication failed");
     ApiError::Unauthorized(err.to_string()).into_response()
@@ -138,7 +156,8 @@ pub async fn problemize(response: Response) -> Response {
     }
     let detail = match status {
         StatusCode::METHOD_NOT_ALLOWED => {
-            "this route does not take that method; the Allow header lists those it takes".to_string()
+            "this route does not take that method; the Allow header lists those it takes"
+                .to_string()
         }
         StatusCode::REQUEST_TIMEOUT => "the request took too long".to_string(),
         StatusCode::PAYLOAD_TOO_LARGE => "the request body is too large".to_string(),

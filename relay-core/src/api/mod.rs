@@ -49,32 +49,53 @@ pub fn router(relay: Arc<Relay>) -> Router {
         .route("/devices", get(devices::devices_list))
         .route("/devices/{device_id}", get(devices::devices_get))
         .route("/vulnerabilities", get(vulns::vulnerabilities_list))
-        .route("/compliance/snapshot", get(compliance::snapshot_latest).post(compliance::snapshot_take))
+        .route(
+            "/compliance/snapshot",
+            get(compliance::snapshot_latest).post(compliance::snapshot_take),
+        )
         .route("/compliance/snapshots", get(compliance::snapshots_list))
-        .route("/compliance/snapshots/{snapshot_id}", get(compliance::snapshots_get))
+        .route(
+            "/compliance/snapshots/{snapshot_id}",
+            get(compliance::snapshots_get),
+        )
         .route("/reboot-management", get(reboots::reboots_list))
         .route(
             "/reboot-management/{device_id}/schedule",
             post(reboots::reboots_schedule).delete(reboots::reboots_cancel),
         )
-        .route("/patch-exclusions", get(exclusions::exclusions_list).post(exclusions::exclusions_create))
+        .route(
+            "/patch-exclusions",
+            get(exclusions::exclusions_list).post(exclusions::exclusions_create),
+        )
         .route(
             "/patch-exclusions/{exclusion_id}",
             get(exclusions::exclusions_get).delete(exclusions::exclusions_delete),
         )
-        .route("/keys", get(accounts::keys_list).post(accounts::keys_create))
+        .route(
+            "/keys",
+            get(accounts::keys_list).post(accounts::keys_create),
+        )
         .route("/keys/{key_id}", delete(accounts::keys_revoke))
-        .route("/users", get(accounts::users_list).post(accounts::users_create))
+        .route(
+            "/users",
+            get(accounts::users_list).post(accounts::users_create),
+        )
         .route("/users/{user_id}/disable", post(accounts::users_disable))
         .fallback(middleware::not_found)
-        .layer(axum::middleware::from_fn_with_state(relay.clone(), middleware::require_key))
+        .layer(axum::middleware::from_fn_with_state(
+            relay.clone(),
+            middleware::require_key,
+        ))
         .layer(DefaultBodyLimit::max(relay.config.server.api_body_limit));
 
     let agent = Router::new()
         .route("/enroll", post(agent::enroll))
         .route("/checkin", post(agent::checkin))
         .fallback(middleware::not_found)
-        .layer(axum::middleware::from_fn_with_state(relay.clone(), middleware::require_ready))
+        .layer(axum::middleware::from_fn_with_state(
+            relay.clone(),
+            middleware::require_ready,
+        ))
         .layer(DefaultBodyLimit::max(relay.config.server.agent_body_limit));
 
     let timeout = Duration::from_secs(relay.config.server.request_timeout_s);
@@ -86,8 +107,14 @@ pub fn router(relay: Arc<Relay>) -> Router {
         .nest("/agent/v1", agent)
         .fallback(middleware::not_found)
         .layer(axum::middleware::map_response(middleware::problemize))
-        .layer(axum::middleware::from_fn_with_state(relay.clone(), middleware::trace_request))
-        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, timeout))
+        .layer(axum::middleware::from_fn_with_state(
+            relay.clone(),
+            middleware::trace_request,
+        ))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
         .with_state(relay)
 }

@@ -26,7 +26,11 @@ pub async fn readyz(State(relay): State<AppState>) -> Response {
 }
 
 pub async fn relay_info(State(relay): State<AppState>) -> Json<serde_json::Value> {
-    let kev = relay.kev.read().map(|k| (k.version.clone(), k.cves.len())).unwrap_or_default();
+    let kev = relay
+        .kev
+        .read()
+        .map(|k| (k.version.clone(), k.cves.len()))
+        .unwrap_or_default();
     Json(serde_json::json!({
         "relay_id": relay.relay_id,
         "version": env!("CARGO_PKG_VERSION"),
@@ -41,7 +45,11 @@ pub async fn relay_info(State(relay): State<AppState>) -> Json<serde_json::Value
 
 pub async fn metrics(State(relay): State<AppState>, req: Request) -> Response {
     if relay.config.server.metrics_require_key {
-        let presented = bearer(req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()));
+        let presented = bearer(
+            req.headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
+        );
         if let Err(err) = relay.auth.authenticate(presented, relay.clock.now()) {
             return ApiError::Unauthorized(err.to_string()).into_response();
         }
@@ -49,31 +57,106 @@ pub async fn metrics(State(relay): State<AppState>, req: Request) -> Response {
     let m = &relay.metrics;
     let now = relay.clock.now();
     let counters = [
-        ("patchpilot_http_requests_total", "Requests handled.", m.requests.load(Ordering::Relaxed)),
-        ("patchpilot_http_client_errors_total", "Requests answered 4xx.", m.responses_4xx.load(Ordering::Relaxed)),
-        ("patchpilot_http_server_errors_total", "Requests answered 5xx.", m.responses_5xx.load(Ordering::Relaxed)),
-        ("patchpilot_checkins_total", "Agent check-ins stored.", m.checkins.load(Ordering::Relaxed)),
-        ("patchpilot_enrollments_total", "Agent enrollments.", m.enrollments.load(Ordering::Relaxed)),
-        ("patchpilot_auth_failures_total", "Failed API authentications.", m.auth_failures.load(Ordering::Relaxed)),
-        ("patchpilot_rate_limited_total", "Requests refused with 429.", m.rate_limited.load(Ordering::Relaxed)),
-        ("patchpilot_events_pruned_total", "Events dropped by retention.", m.events_pruned.load(Ordering::Relaxed)),
-        ("patchpilot_store_flushes_total", "Group-commit fsync rounds.", relay.store.flushes()),
+        (
+            "patchpilot_http_requests_total",
+            "Requests handled.",
+            m.requests.load(Ordering::Relaxed),
+        ),
+        (
+            "patchpilot_http_client_errors_total",
+            "Requests answered 4xx.",
+            m.responses_4xx.load(Ordering::Relaxed),
+        ),
+        (
+            "patchpilot_http_server_errors_total",
+            "Requests answered 5xx.",
+            m.responses_5xx.load(Ordering::Relaxed),
+        ),
+        (
+            "patchpilot_checkins_total",
+            "Agent check-ins stored.",
+            m.checkins.load(Ordering::Relaxed),
+        ),
+        (
+            "patchpilot_enrollments_total",
+            "Agent enrollments.",
+            m.enrollments.load(Ordering::Relaxed),
+        ),
+        (
+            "patchpilot_auth_failures_total",
+            "Failed API authentications.",
+            m.auth_failures.load(Ordering::Relaxed),
+        ),
+        (
+            "patchpilot_rate_limited_total",
+            "Requests refused with 429.",
+            m.rate_limited.load(Ordering::Relaxed),
+        ),
+        (
+            "patchpilot_events_pruned_total",
+            "Events dropped by retention.",
+            m.events_pruned.load(Ordering::Relaxed),
+        ),
+        (
+            "patchpilot_store_flushes_total",
+            "Group-commit fsync rounds.",
+            relay.store.flushes(),
+        ),
     ];
     let gauges = [
-        ("patchpilot_devices", "Enrolled devices.", relay.fleet.len() as u64),
-        ("patchpilot_devices_online", "Devices online now.", relay.fleet.online_count(now) as u64),
-        ("patchpilot_events", "Events held in the store.", relay.store.len(Table::Events) as u64),
-        ("patchpilot_store_bytes", "Store size on disk.", relay.store.size_on_disk()),
-        ("patchpilot_rate_limiter_keys", "Keys tracked by the rate limiter.", relay.key_limiter.tracked() as u64),
-        ("patchpilot_auth_failure_addresses", "Addresses tracked by the failure limiter.", relay.failures.tracked() as u64),
-        ("patchpilot_uptime_seconds", "Seconds since start.", relay.started.elapsed().as_secs()),
+        (
+            "patchpilot_devices",
+            "Enrolled devices.",
+            relay.fleet.len() as u64,
+        ),
+        (
+            "patchpilot_devices_online",
+            "Devices online now.",
+            relay.fleet.online_count(now) as u64,
+        ),
+        (
+            "patchpilot_events",
+            "Events held in the store.",
+            relay.store.len(Table::Events) as u64,
+        ),
+        (
+            "patchpilot_store_bytes",
+            "Store size on disk.",
+            relay.store.size_on_disk(),
+        ),
+        (
+            "patchpilot_rate_limiter_keys",
+            "Keys tracked by the rate limiter.",
+            relay.key_limiter.tracked() as u64,
+        ),
+        (
+            "patchpilot_auth_failure_addresses",
+            "Addresses tracked by the failure limiter.",
+            relay.failures.tracked() as u64,
+        ),
+        (
+            "patchpilot_uptime_seconds",
+            "Seconds since start.",
+            relay.started.elapsed().as_secs(),
+        ),
     ];
     let mut out = String::new();
     for (name, help, value) in counters {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
     }
     for (name, help, value) in gauges {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
     }
-    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        out,
+    )
+        .into_response()
 }

@@ -59,22 +59,32 @@ impl ApiError {
             | ApiError::Forbidden(d)
             | ApiError::NotFound(d)
             | ApiError::Conflict(d) => d.clone(),
-            ApiError::PayloadTooLarge(limit) => format!("the request body is larger than {limit} bytes"),
-            ApiError::UnsupportedMediaType => "send the body as Content-Type: application/json".into(),
+            ApiError::PayloadTooLarge(limit) => {
+                format!("the request body is larger than {limit} bytes")
+            }
+            ApiError::UnsupportedMediaType => {
+                "send the body as Content-Type: application/json".into()
+            }
             ApiError::Invalid(errors) => match errors.first() {
                 Some(e) => format!("{}: {}", e.field, e.message),
                 None => "the request has invalid values".into(),
             },
             ApiError::RateLimited { detail, .. } => detail.clone(),
             ApiError::Unavailable => "the relay is starting or shutting down; retry shortly".into(),
-            ApiError::Internal => "the relay failed to handle the request; it has been logged".into(),
+            ApiError::Internal => {
+                "the relay failed to handle the request; it has been logged".into()
+            }
         }
     }
 }
 
 /// A problem+json response for any status, used by handlers and by the
 /// layer that rewrites bare framework errors (404, 405, 408, 413).
-pub fn problem_response(status: StatusCode, detail: String, errors: Option<&[FieldError]>) -> Response {
+pub fn problem_response(
+    status: StatusCode,
+    detail: String,
+    errors: Option<&[FieldError]>,
+) -> Response {
     let title = status.canonical_reason().unwrap_or("Error");
     let slug = title.to_ascii_lowercase().replace(' ', "-");
     let body = Problem {

@@ -29,11 +29,16 @@ fn require_operator(who: &Principal) -> ApiResult<()> {
     if who.allows(Role::Operator) {
         Ok(())
     } else {
-        Err(ApiError::Forbidden("managing reboots needs the operator role".into()))
+        Err(ApiError::Forbidden(
+            "managing reboots needs the operator role".into(),
+        ))
     }
 }
 
-pub async fn reboots_list(State(relay): State<AppState>, params: Params) -> ApiResult<Json<serde_json::Value>> {
+pub async fn reboots_list(
+    State(relay): State<AppState>,
+    params: Params,
+) -> ApiResult<Json<serde_json::Value>> {
     let limit = params.limit()?;
     let after = params.cursor(|c| c.parse::<DeviceId>().ok())?;
     let rows = relay.fleet.reboot_rows();
@@ -46,7 +51,11 @@ pub async fn reboots_list(State(relay): State<AppState>, params: Params) -> ApiR
             Some(_) => relay.open_reboot(row.device_id)?.map(|s| schedule_json(&s)),
             None => None,
         };
-        let reason = if row.reboot_pending { "updates_installed" } else { "scheduled" };
+        let reason = if row.reboot_pending {
+            "updates_installed"
+        } else {
+            "scheduled"
+        };
         devices.push(json!({
             "device_id": row.device_id,
             "hostname": row.hostname,
@@ -56,8 +65,15 @@ pub async fn reboots_list(State(relay): State<AppState>, params: Params) -> ApiR
             "scheduled_reboot": scheduled,
         }));
     }
-    let next = (start + page.len() < total).then(|| page.last().map(|r| Cursor::encode(&r.device_id.to_string()))).flatten();
-    Ok(Json(json!({"devices": devices, "total": total, "next_cursor": next})))
+    let next = (start + page.len() < total)
+        .then(|| {
+            page.last()
+                .map(|r| Cursor::encode(&r.device_id.to_string()))
+        })
+        .flatten();
+    Ok(Json(
+        json!({"devices": devices, "total": total, "next_cursor": next}),
+    ))
 }
 
 pub async fn reboots_schedule(

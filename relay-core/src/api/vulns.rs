@@ -11,14 +11,21 @@ use crate::ids::DeviceId;
 use crate::inventory::{normalize_cve, Severity};
 use crate::vulns::VulnFilter;
 
-pub async fn vulnerabilities_list(State(relay): State<AppState>, params: Params) -> ApiResult<Json<serde_json::Value>> {
+pub async fn vulnerabilities_list(
+    State(relay): State<AppState>,
+    params: Params,
+) -> ApiResult<Json<serde_json::Value>> {
     let limit = params.limit()?;
-    let after = params.cursor(|c| normalize_cve(c))?;
+    let after = params.cursor(normalize_cve)?;
     let min_cvss = params.parsed("min_cvss", "a number from 0 to 10", |s| {
         s.parse::<f32>().ok().filter(|v| (0.0..=10.0).contains(v))
     })?;
     let filter = VulnFilter {
-        severity: params.parsed("severity", "critical, important, moderate, low or unknown", Severity::parse)?,
+        severity: params.parsed(
+            "severity",
+            "critical, important, moderate, low or unknown",
+            Severity::parse,
+        )?,
         device_id: params.parsed("device_id", "a device id", |s| s.parse::<DeviceId>().ok())?,
         known_exploited: params.bool("known_exploited")?,
         min_cvss,
@@ -27,12 +34,18 @@ pub async fn vulnerabilities_list(State(relay): State<AppState>, params: Params)
     let start = match &after {
         Some(cve) => match all.iter().position(|v| &v.cve_id == cve) {
             Some(i) => i + 1,
-            None => return Err(ApiError::BadRequest("the cursor's CVE is no longer open; start again".into())),
+            None => {
+                return Err(ApiError::BadRequest(
+                    "the cursor's CVE is no longer open; start again".into(),
+                ))
+            }
         },
         None => 0,
     };
     let page: Vec<_> = all.iter().skip(start).take(limit).collect();
-    let next = (start + page.len() < all.len()).then(|| page.last().map(|v| Cursor::encode(&v.cve_id))).flatten();
+    let next = (start + page.len() < all.len())
+        .then(|| page.last().map(|v| Cursor::encode(&v.cve_id)))
+        .flatten();
     Ok(Json(json!({
         "vulnerabilities": page,
         "total": all.len(),

@@ -129,9 +129,13 @@ pub fn encode<V: Serialize>(value: &V) -> Vec<u8> {
 fn decode<V: DeserializeOwned>(table: Table, bytes: &[u8]) -> Result<V, StoreError> {
     match bytes.split_first() {
         Some((&RECORD_VERSION, body)) => {
-            postcard::from_bytes(body).map_err(|_| StoreError::Decode { table: table.name() })
+            postcard::from_bytes(body).map_err(|_| StoreError::Decode {
+                table: table.name(),
+            })
         }
-        _ => Err(StoreError::Decode { table: table.name() }),
+        _ => Err(StoreError::Decode {
+            table: table.name(),
+        }),
     }
 }
 
@@ -250,7 +254,11 @@ impl Store {
     ///
     /// # Errors
     /// A storage failure, or a record that cannot be decoded.
-    pub fn get<V: DeserializeOwned>(&self, table: Table, key: &[u8]) -> Result<Option<V>, StoreError> {
+    pub fn get<V: DeserializeOwned>(
+        &self,
+        table: Table,
+        key: &[u8],
+    ) -> Result<Option<V>, StoreError> {
         match self.tree(table).get(key)? {
             Some(bytes) => decode(table, &bytes).map(Some),
             None => Ok(None),
@@ -403,7 +411,11 @@ impl Writer<'_> {
                 occurred_at,
                 data: data.to_string(),
             };
-            ops.push((Table::Events, sequence.to_be_bytes().to_vec(), Some(encode(&record))));
+            ops.push((
+                Table::Events,
+                sequence.to_be_bytes().to_vec(),
+                Some(encode(&record)),
+            ));
             events.push(record);
             sequence += 1;
         }
@@ -415,7 +427,7 @@ impl Writer<'_> {
         Ok(events)
     }
 
-    fn apply_ops(&self, ops: &[(Table, Vec<u8>, Option<Vec<u8>>)]) -> Result<(), StoreError> {
+    fn apply_ops(&self, ops: &[Op]) -> Result<(), StoreError> {
         use sled::Transactional;
         let trees: &[sled::Tree] = &self.store.trees;
         trees
@@ -442,10 +454,13 @@ impl Writer<'_> {
     }
 }
 
+/// One write: a key of a table set to a value, or removed (`None`).
+type Op = (Table, Vec<u8>, Option<Vec<u8>>);
+
 /// Writes to apply together. Built freely, applied by a [`Writer`].
 #[derive(Default)]
 pub struct Batch {
-    ops: Vec<(Table, Vec<u8>, Option<Vec<u8>>)>,
+    ops: Vec<Op>,
     events: Vec<(EventType, Timestamp, serde_json::Value)>,
 }
 
@@ -508,7 +523,10 @@ mod tests {
             batch.event(EventType::WebhookTest, Timestamp(10), serde_json::json!({}));
             batch.event(EventType::WebhookTest, Timestamp(11), serde_json::json!({}));
             let events = store.writer().apply(batch).expect("applies");
-            assert_eq!(events.iter().map(|e| e.sequence).collect::<Vec<_>>(), [1, 2]);
+            assert_eq!(
+                events.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+                [1, 2]
+            );
             store.durable().await.expect("durable");
         }
         let store = temp_store(dir.path());
