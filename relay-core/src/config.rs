@@ -158,9 +158,14 @@ impl RateLimit {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Per-key defaults; a key may carry its own.
-    #[serde(flatten)]
-    pub per_key: RateLimit,
+    /// Per-key read requests a minute (a key may carry its own). Default 600.
+    pub read_per_minute: u32,
+    /// Per-key read burst. Default 100.
+    pub read_burst: u32,
+    /// Per-key writes (POST, PUT, PATCH, DELETE) a minute. Default 60.
+    pub write_per_minute: u32,
+    /// Per-key write burst. Default 20.
+    pub write_burst: u32,
     /// Failed authentications per minute from one address before it gets
     /// 429. Default 20.
     pub auth_failures_per_minute: u32,
@@ -170,10 +175,26 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
+        let per_key = RateLimit::default();
         Self {
-            per_key: RateLimit::default(),
+            read_per_minute: per_key.read_per_minute,
+            read_burst: per_key.read_burst,
+            write_per_minute: per_key.write_per_minute,
+            write_burst: per_key.write_burst,
             auth_failures_per_minute: 20,
             max_tracked: 10_000,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The default limits of a key without its own.
+    pub fn per_key(&self) -> RateLimit {
+        RateLimit {
+            read_per_minute: self.read_per_minute,
+            read_burst: self.read_burst,
+            write_per_minute: self.write_per_minute,
+            write_burst: self.write_burst,
         }
     }
 }
@@ -274,7 +295,7 @@ impl RelayConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.server.validate()?;
         self.store.validate()?;
-        self.limits.per_key.validate("limits.")?;
+        self.limits.per_key().validate("limits.")?;
         positive(
             "limits.auth_failures_per_minute",
             self.limits.auth_failures_per_minute as i64,
@@ -435,7 +456,7 @@ mod tests {
     #[test]
     fn a_bad_value_names_its_key() {
         let mut config = RelayConfig::default();
-        config.limits.per_key.write_burst = 0;
+        config.limits.write_burst = 0;
         let err = config.validate().expect_err("zero burst is invalid");
         assert_eq!(err.key, "limits.write_burst");
 

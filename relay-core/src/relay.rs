@@ -93,7 +93,7 @@ impl Relay {
         let relay = Self {
             fleet: FleetIndex::new(config.agents.offline_after_s),
             auth: AuthCache::load(users, keys),
-            key_limiter: KeyLimiter::new(config.limits.per_key, config.limits.max_tracked),
+            key_limiter: KeyLimiter::new(config.limits.per_key(), config.limits.max_tracked),
             failures: FailureLimiter::new(
                 config.limits.auth_failures_per_minute,
                 config.limits.max_tracked,

@@ -30,6 +30,8 @@ struct Progress {
 }
 
 struct Inner {
+    closed: std::sync::atomic::AtomicBool,
+    thread: Mutex<Option<thread::JoinHandle<()>>>,
     requested: AtomicU64,
     wake: Mutex<bool>,
     cond: Condvar,
@@ -45,6 +47,8 @@ impl Durability {
     /// Starts the flusher thread for the database at `dir`.
     pub(crate) fn start(db: sled::Db, dir: PathBuf) -> Self {
         let inner = Arc::new(Inner {
+            closed: std::sync::atomic::AtomicBool::new(false),
+            thread: Mutex::new(None),
             requested: AtomicU64::new(0),
             wake: Mutex::new(false),
             cond: Condvar::new(),
@@ -55,10 +59,22 @@ impl Durability {
         let spawned = thread::Builder::new()
             .name("store-flusher".into())
             .spawn(move || flusher_loop(&worker, &db, &dir, &tx));
-        if let Err(err) = spawned {
-            tracing::error!(error = %err, "cannot start the store flusher thread");
+        match spawned {
+            Ok(handle) => *inner.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle),
+            Err(err) => tracing::error!(error = %err, "cannot start the store flusher thread"),
         }
         Self { inner, done: rx }
+    }
+
+    /// Stops the flusher after one last flush, releasing its handle on the
+    /// database so that the store can be opened again in this process.
+    pub(crate) fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        self.inner.notify();
+        let handle = self.inner.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
     }
 
     /// Waits until everything written before this call is on disk.
@@ -115,6 +131,7 @@ fn flusher_loop(inner: &Inner, db: &sled::Db, dir: &Path, done: &watch::Sender<P
     let mut synced_blobs = HashSet::new();
     loop {
         inner.wait_for_work();
+        let closing = inner.closed.load(Ordering::SeqCst);
         // Every ticket handed out before this load was written before it.
         let covered = inner.requested.load(Ordering::SeqCst);
         let result = flush_and_fsync(db, dir, &mut synced_blobs);
@@ -128,7 +145,7 @@ fn flusher_loop(inner: &Inner, db: &sled::Db, dir: &Path, done: &watch::Sender<P
                 progress.failures += 1;
             }
         }
-        if done.send(progress).is_err() {
+        if done.send(progress).is_err() || closing {
             return;
         }
     }

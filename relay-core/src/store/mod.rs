@@ -383,6 +383,12 @@ fn create_private_dir(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.durability.close();
+    }
+}
+
 /// The writer lock; see [`Store::writer`].
 pub struct Writer<'a> {
     store: &'a Store,
