@@ -2,7 +2,7 @@
 //! check-ins that replace a device's patch state, become durable before they
 //! are acknowledged, and carry commands back (exclusions, a due reboot).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
@@ -10,7 +10,7 @@ use subtle::ConstantTimeEq;
 
 use crate::auth::{hash_secret, Secret, AGENT_TOKEN_PREFIX, ENROLLMENT_TOKEN_PREFIX};
 use crate::clock::Timestamp;
-use crate::devices::{set_hash, DeviceRecord, RecentResults, SetHash};
+use crate::devices::{set_hash, update_key, DeviceRecord, RecentResults, SetHash, UpdateKey};
 use crate::error::{check_text, Checks, RelayError, RelayResult};
 use crate::events::EventType;
 use crate::exclusions::ExclusionKind;
@@ -586,10 +586,18 @@ impl Relay {
             return Ok(None);
         }
         let store = writer.store();
+        // Net change of each update's reference count (a new and an old set
+        // may share updates), applied once per update below.
+        let mut deltas: HashMap<UpdateKey, (i64, Option<&Update>)> = HashMap::new();
         if let Some(h) = hash {
             let refs: u64 = store.get(Table::UpdateSetRefs, &h)?.unwrap_or(0);
             if refs == 0 {
-                batch.put(Table::UpdateSets, h.to_vec(), &updates);
+                let keys: Vec<UpdateKey> = updates.iter().map(update_key).collect();
+                for (key, update) in keys.iter().zip(updates) {
+                    deltas.entry(*key).or_insert((0, None)).0 += 1;
+                    deltas.entry(*key).or_insert((0, None)).1 = Some(update);
+                }
+                batch.put(Table::UpdateSets, h.to_vec(), &keys);
                 self.stage_new_cves(writer, batch, updates, now)?;
             }
             batch.put(Table::UpdateSetRefs, h.to_vec(), &(refs + 1));
@@ -597,10 +605,32 @@ impl Relay {
         if let Some(old) = device.update_set {
             let refs: u64 = store.get(Table::UpdateSetRefs, &old)?.unwrap_or(1);
             if refs <= 1 {
+                let keys: Vec<UpdateKey> = store.get(Table::UpdateSets, &old)?.unwrap_or_default();
+                for key in keys {
+                    deltas.entry(key).or_insert((0, None)).0 -= 1;
+                }
                 batch.delete(Table::UpdateSetRefs, old.to_vec());
                 batch.delete(Table::UpdateSets, old.to_vec());
             } else {
                 batch.put(Table::UpdateSetRefs, old.to_vec(), &(refs - 1));
+            }
+        }
+        for (key, (delta, update)) in deltas {
+            if delta == 0 {
+                continue;
+            }
+            let refs: u64 = store.get(Table::UpdateRefs, &key)?.unwrap_or(0);
+            let after = refs.saturating_add_signed(delta);
+            if after == 0 {
+                batch.delete(Table::UpdateRefs, key.to_vec());
+                batch.delete(Table::Updates, key.to_vec());
+            } else {
+                batch.put(Table::UpdateRefs, key.to_vec(), &after);
+                if refs == 0 {
+                    if let Some(u) = update {
+                        batch.put(Table::Updates, key.to_vec(), u);
+                    }
+                }
             }
         }
         let known = hash.is_none_or(|h| self.fleet.has_set(&h));

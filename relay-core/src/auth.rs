@@ -6,7 +6,8 @@
 //! takes depends on the hash, not on how much of a real key was guessed.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use rand::distributions::Alphanumeric;
 use rand::Rng;
@@ -143,7 +144,9 @@ struct Tables {
     keys: HashMap<KeyId, KeyRecord>,
     by_hash: HashMap<[u8; 32], KeyId>,
     users: HashMap<UserId, UserRecord>,
-    last_used: HashMap<KeyId, Timestamp>,
+    /// Last use not yet written to the store (0: nothing new). Atomics, so
+    /// that the request path needs only the read lock.
+    last_used: HashMap<KeyId, Arc<AtomicI64>>,
 }
 
 /// Keys and users held in memory for the request path. The store is the
@@ -173,6 +176,7 @@ impl AuthCache {
     pub fn put_key(&self, key: KeyRecord) {
         let mut t = self.tables.write().unwrap_or_else(|p| p.into_inner());
         t.by_hash.insert(key.hash, key.key_id);
+        t.last_used.entry(key.key_id).or_default();
         t.keys.insert(key.key_id, key);
     }
 
@@ -188,7 +192,7 @@ impl AuthCache {
     pub fn key(&self, id: KeyId) -> Option<KeyRecord> {
         let t = self.tables.read().unwrap_or_else(|p| p.into_inner());
         t.keys.get(&id).cloned().map(|mut k| {
-            k.last_used_at = t.last_used.get(&id).copied().or(k.last_used_at);
+            k.last_used_at = pending_use(&t, id).or(k.last_used_at);
             k
         })
     }
@@ -207,7 +211,7 @@ impl AuthCache {
             .values()
             .cloned()
             .map(|mut k| {
-                k.last_used_at = t.last_used.get(&k.key_id).copied().or(k.last_used_at);
+                k.last_used_at = pending_use(&t, k.key_id).or(k.last_used_at);
                 k
             })
             .collect();
@@ -236,7 +240,7 @@ impl AuthCache {
             return Err(AuthError::Unknown);
         }
         let hash = hash_secret(secret);
-        let mut t = self.tables.write().unwrap_or_else(|p| p.into_inner());
+        let t = self.tables.read().unwrap_or_else(|p| p.into_inner());
         let key_id = *t.by_hash.get(&hash).ok_or(AuthError::Unknown)?;
         let key = t.keys.get(&key_id).ok_or(AuthError::Unknown)?;
         if key.revoked_at.is_some() {
@@ -255,7 +259,9 @@ impl AuthCache {
             role: user.role,
             rate_limit: key.rate_limit,
         };
-        t.last_used.insert(key_id, now);
+        if let Some(used) = t.last_used.get(&key_id) {
+            used.store(now.0, Ordering::Relaxed);
+        }
         Ok(principal)
     }
 
@@ -263,13 +269,27 @@ impl AuthCache {
     /// written once.
     pub fn take_last_used(&self) -> HashMap<KeyId, Timestamp> {
         let mut t = self.tables.write().unwrap_or_else(|p| p.into_inner());
-        let taken = std::mem::take(&mut t.last_used);
+        let taken: HashMap<KeyId, Timestamp> = t
+            .last_used
+            .iter()
+            .filter_map(|(id, at)| match at.swap(0, Ordering::Relaxed) {
+                0 => None,
+                secs => Some((*id, Timestamp(secs))),
+            })
+            .collect();
         for (id, at) in &taken {
             if let Some(k) = t.keys.get_mut(id) {
                 k.last_used_at = Some(*at);
             }
         }
         taken
+    }
+}
+
+fn pending_use(t: &Tables, id: KeyId) -> Option<Timestamp> {
+    match t.last_used.get(&id).map(|a| a.load(Ordering::Relaxed)) {
+        Some(0) | None => None,
+        Some(secs) => Some(Timestamp(secs)),
     }
 }
 

@@ -90,19 +90,33 @@ pub struct SnapshotListing {
 }
 
 /// Evaluates the policy for one device.
-pub fn evaluate(
+pub fn evaluate<U: std::borrow::Borrow<Update>>(
     policy: &Policy,
     device: &DeviceRecord,
-    updates: &[Update],
+    updates: &[U],
+    active: &[Exclusion],
+    now: Timestamp,
+) -> Vec<Reason> {
+    let mut reasons = update_reasons(policy, device.os_family, updates, active, now);
+    reasons.extend(device_reasons(policy, device, now));
+    reasons
+}
+
+/// The reasons that depend only on the update list (shared by every device
+/// with the same list and family).
+pub fn update_reasons<U: std::borrow::Borrow<Update>>(
+    policy: &Policy,
+    family: crate::inventory::OsFamily,
+    updates: &[U],
     active: &[Exclusion],
     now: Timestamp,
 ) -> Vec<Reason> {
     let day = Timestamp::SECONDS_PER_DAY;
-    let mut reasons = Vec::new();
     let mut overdue: Vec<&Update> = updates
         .iter()
+        .map(std::borrow::Borrow::borrow)
         .filter(|u| u.severity == Severity::Critical)
-        .filter(|u| blocking(active, u, device.os_family).is_none())
+        .filter(|u| blocking(active, u, family).is_none())
         .filter(|u| {
             u.released_at
                 .is_some_and(|r| now.seconds_since(r) > policy.critical_max_age_days * day)
@@ -113,14 +127,23 @@ pub fn evaluate(
             .cmp(&b.released_at)
             .then(a.update_id.cmp(&b.update_id))
     });
-    for u in overdue {
-        let name = u.kb.as_deref().unwrap_or(&u.update_id);
-        let released = u.released_at.map(|r| r.date()).unwrap_or_default();
-        reasons.push(Reason {
-            code: "critical_update_missing".into(),
-            detail: format!("{name} (critical) released {released} is not installed"),
-        });
-    }
+    overdue
+        .into_iter()
+        .map(|u| {
+            let name = u.kb.as_deref().unwrap_or(&u.update_id);
+            let released = u.released_at.map(|r| r.date()).unwrap_or_default();
+            Reason {
+                code: "critical_update_missing".into(),
+                detail: format!("{name} (critical) released {released} is not installed"),
+            }
+        })
+        .collect()
+}
+
+/// The reasons that depend on the device's own state.
+pub fn device_reasons(policy: &Policy, device: &DeviceRecord, now: Timestamp) -> Vec<Reason> {
+    let day = Timestamp::SECONDS_PER_DAY;
+    let mut reasons = Vec::new();
     let last = device.last_seen();
     if now.seconds_since(last) > policy.checkin_max_age_days * day {
         reasons.push(Reason {
@@ -170,17 +193,25 @@ impl Relay {
         let now = self.clock.now();
         let policy = Policy::from(&self.config.compliance);
         let active = self.fleet.active_exclusions();
-        let mut sets: HashMap<[u8; 32], Vec<Update>> = HashMap::new();
+        // Update-list reasons are worked out once per (set, family).
+        let mut by_set: HashMap<([u8; 32], crate::inventory::OsFamily), Vec<Reason>> =
+            HashMap::new();
+        let mut cache = HashMap::new();
         let mut devices = Vec::new();
         for (_, device) in self.store.scan::<DeviceRecord>(Table::Devices)? {
-            let updates = match device.update_set {
-                Some(h) => match sets.get(&h) {
-                    Some(u) => u,
-                    None => sets.entry(h).or_insert(self.update_set(&h)?),
+            let mut reasons = match device.update_set {
+                Some(h) => match by_set.get(&(h, device.os_family)) {
+                    Some(r) => r.clone(),
+                    None => {
+                        let updates = self.update_set_cached(&h, &mut cache)?;
+                        let r = update_reasons(&policy, device.os_family, &updates, &active, now);
+                        by_set.insert((h, device.os_family), r.clone());
+                        r
+                    }
                 },
-                None => &Vec::new(),
+                None => Vec::new(),
             };
-            let reasons = evaluate(&policy, &device, updates, &active, now);
+            reasons.extend(device_reasons(&policy, &device, now));
             devices.push(DeviceCompliance {
                 device_id: device.device_id,
                 hostname: device.hostname.clone(),

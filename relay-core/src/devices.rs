@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::clock::Timestamp;
 use crate::exclusions::{counts_of, Exclusion};
 use crate::ids::{DeviceId, ScheduleId};
-use crate::inventory::{fold_case, InstallResult, OsFamily, Severity, Update};
+use crate::inventory::{fold_case, InstallResult, OsFamily, Update};
 
 /// The SHA-256 of an encoded update list.
 pub type SetHash = [u8; 32];
@@ -23,6 +23,17 @@ pub type SetHash = [u8; 32];
 /// The hash of an update list, as stored.
 pub fn set_hash(updates: &[Update]) -> SetHash {
     Sha256::digest(crate::store::encode(&updates)).into()
+}
+
+/// One update's content address: the first 16 bytes of its SHA-256. Sets
+/// store these, so an update shared by a thousand sets is stored once.
+pub type UpdateKey = [u8; 16];
+
+pub fn update_key(update: &Update) -> UpdateKey {
+    let digest: [u8; 32] = Sha256::digest(crate::store::encode(update)).into();
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    key
 }
 
 /// An enrolled device, as stored. The update list lives apart, in its
@@ -86,48 +97,25 @@ struct Entry {
     scheduled: Option<(ScheduleId, Timestamp)>,
 }
 
-/// `(kb, package, severity)`: what the counts of one update depend on.
-type CountedUpdate = (Option<Box<str>>, Option<Box<str>>, Severity);
+/// Per OS family, `(updates_available, critical_count)` of one update set.
+pub type SetCounts = [(u32, u32); 3];
+
+/// The counts of `updates` under `active` exclusions, for every family.
+pub fn set_counts(updates: &[Update], active: &[Exclusion]) -> SetCounts {
+    let mut counts = [(0, 0); 3];
+    for family in OsFamily::ALL {
+        let items = updates
+            .iter()
+            .map(|u| (u.kb.as_deref(), u.package.as_deref(), u.severity));
+        counts[family.index()] = counts_of(items, active, family);
+    }
+    counts
+}
 
 #[derive(Debug)]
 struct SetEntry {
     refs: u32,
-    /// `(kb, package, severity)` of each update: all the counts need.
-    items: Vec<CountedUpdate>,
-    /// `(available, critical)` per OS family under the current exclusions.
-    counts: [(u32, u32); 3],
-}
-
-impl SetEntry {
-    fn new(updates: &[Update], active: &[Exclusion]) -> Self {
-        let items = updates
-            .iter()
-            .map(|u| {
-                (
-                    u.kb.as_deref().map(Box::from),
-                    u.package.as_deref().map(Box::from),
-                    u.severity,
-                )
-            })
-            .collect();
-        let mut entry = Self {
-            refs: 0,
-            items,
-            counts: [(0, 0); 3],
-        };
-        entry.recount(active);
-        entry
-    }
-
-    fn recount(&mut self, active: &[Exclusion]) {
-        for family in OsFamily::ALL {
-            let items = self
-                .items
-                .iter()
-                .map(|(kb, pkg, sev)| (kb.as_deref(), pkg.as_deref(), *sev));
-            self.counts[family.index()] = counts_of(items, active, family);
-        }
-    }
+    counts: SetCounts,
 }
 
 /// Filters of `GET /api/devices`.
@@ -223,9 +211,8 @@ impl FleetIndex {
         let previous = inner.devices.get(&record.device_id).cloned();
         if let (Some(hash), Some(updates)) = (record.update_set, updates) {
             if !inner.sets.contains_key(&hash) {
-                inner
-                    .sets
-                    .insert(hash, SetEntry::new(updates, &inner.active));
+                let counts = set_counts(updates, &inner.active);
+                inner.sets.insert(hash, SetEntry { refs: 0, counts });
             }
         }
         let scheduled = previous.as_ref().and_then(|p| p.scheduled);
@@ -262,14 +249,36 @@ impl FleetIndex {
         }
     }
 
-    /// Replaces the active exclusions and recounts every update set.
-    pub fn set_exclusions(&self, active: Vec<Exclusion>) {
+    /// Every update set the index holds.
+    pub fn set_hashes(&self) -> Vec<SetHash> {
+        self.read().sets.keys().copied().collect()
+    }
+
+    /// Installs new active exclusions with the counts recomputed under them.
+    /// Returns the sets missing from `counts` (added meanwhile): the caller
+    /// computes those and calls again.
+    pub fn replace_exclusions(
+        &self,
+        active: &[Exclusion],
+        counts: &HashMap<SetHash, SetCounts>,
+    ) -> Vec<SetHash> {
         let mut inner = self.write();
-        let inner = &mut *inner;
-        for set in inner.sets.values_mut() {
-            set.recount(&active);
+        let missing: Vec<SetHash> = inner
+            .sets
+            .keys()
+            .filter(|h| !counts.contains_key(*h))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            return missing;
         }
-        inner.active = active;
+        for (hash, set) in inner.sets.iter_mut() {
+            if let Some(c) = counts.get(hash) {
+                set.counts = *c;
+            }
+        }
+        inner.active = active.to_vec();
+        Vec::new()
     }
 
     pub fn active_exclusions(&self) -> Vec<Exclusion> {
@@ -431,6 +440,7 @@ fn release(sets: &mut HashMap<SetHash, SetEntry>, hash: &SetHash) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inventory::Severity;
 
     fn record(hostname: &str, updates: &[Update]) -> DeviceRecord {
         DeviceRecord {

@@ -350,8 +350,25 @@ mod ops {
                 .map(|(_, e)| e)
                 .filter(|e| e.is_active(now))
                 .collect();
-            if active != self.fleet.active_exclusions() {
-                self.fleet.set_exclusions(active);
+            if active == self.fleet.active_exclusions() {
+                return Ok(());
+            }
+            // Recount every update set under the new exclusions, outside the
+            // index lock; sets that appear meanwhile are counted in a further
+            // pass.
+            let mut counts = std::collections::HashMap::new();
+            let mut cache = std::collections::HashMap::new();
+            let mut pending = self.fleet.set_hashes();
+            while !pending.is_empty() {
+                for hash in pending {
+                    let updates: Vec<Update> = self
+                        .update_set_cached(&hash, &mut cache)?
+                        .iter()
+                        .map(|u| Update::clone(u))
+                        .collect();
+                    counts.insert(hash, crate::devices::set_counts(&updates, &active));
+                }
+                pending = self.fleet.replace_exclusions(&active, &counts);
             }
             Ok(())
         }

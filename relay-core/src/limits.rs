@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock as _, DefaultClock};
@@ -80,7 +80,7 @@ pub struct KeyLimiter {
     started: Instant,
     defaults: RateLimit,
     max_tracked: usize,
-    buckets: Mutex<HashMap<KeyId, Arc<KeyBuckets>>>,
+    buckets: RwLock<HashMap<KeyId, Arc<KeyBuckets>>>,
 }
 
 impl KeyLimiter {
@@ -89,7 +89,7 @@ impl KeyLimiter {
             started: Instant::now(),
             defaults,
             max_tracked,
-            buckets: Mutex::new(HashMap::new()),
+            buckets: RwLock::new(HashMap::new()),
         }
     }
 
@@ -100,7 +100,14 @@ impl KeyLimiter {
     fn buckets_for(&self, key: KeyId, own: Option<RateLimit>) -> Arc<KeyBuckets> {
         let limits = own.unwrap_or(self.defaults);
         let now_ms = self.now_ms();
-        let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let map = self.buckets.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(b) = map.get(&key).filter(|b| b.limits == limits) {
+                b.last_ms.store(now_ms, Ordering::Relaxed);
+                return Arc::clone(b);
+            }
+        }
+        let mut map = self.buckets.write().unwrap_or_else(|p| p.into_inner());
         if let Some(b) = map.get(&key) {
             if b.limits == limits {
                 b.last_ms.store(now_ms, Ordering::Relaxed);
@@ -172,13 +179,13 @@ impl KeyLimiter {
     /// no longer exist.
     pub fn shed_idle(&self, live: impl Fn(KeyId) -> bool) {
         let now_ms = self.now_ms();
-        let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.buckets.write().unwrap_or_else(|p| p.into_inner());
         map.retain(|id, b| live(*id) && !b.idle(now_ms));
         map.shrink_to_fit();
     }
 
     pub fn tracked(&self) -> usize {
-        self.buckets.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.buckets.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
 

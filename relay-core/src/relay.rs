@@ -2,7 +2,7 @@
 //! together and shared by the HTTP edge, the control socket and the
 //! background tasks.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -10,7 +10,7 @@ use std::time::Instant;
 use crate::auth::{AuthCache, KeyRecord, UserRecord};
 use crate::clock::Clock;
 use crate::config::RelayConfig;
-use crate::devices::{DeviceRecord, FleetIndex, SetHash};
+use crate::devices::{DeviceRecord, FleetIndex, SetHash, UpdateKey};
 use crate::exclusions::Exclusion;
 use crate::inventory::Update;
 use crate::limits::{FailureLimiter, KeyLimiter};
@@ -120,7 +120,8 @@ impl Relay {
             .map(|(_, e)| e)
             .filter(|e| e.is_active(now))
             .collect();
-        self.fleet.set_exclusions(active);
+        self.fleet
+            .replace_exclusions(&active, &std::collections::HashMap::new());
         for (_, device) in self.store.scan::<DeviceRecord>(Table::Devices)? {
             let updates = match device.update_set {
                 Some(hash) if !self.fleet.has_set(&hash) => Some(self.update_set(&hash)?),
@@ -147,7 +148,34 @@ impl Relay {
     /// # Errors
     /// A storage or decoding failure.
     pub fn update_set(&self, hash: &SetHash) -> Result<Vec<Update>, StoreError> {
-        Ok(self.store.get(Table::UpdateSets, hash)?.unwrap_or_default())
+        self.update_set_cached(hash, &mut HashMap::new())
+            .map(|updates| updates.iter().map(|u| Update::clone(u)).collect())
+    }
+
+    /// [`Relay::update_set`] for bulk work: each update is decoded once per
+    /// `cache`, however many sets share it.
+    ///
+    /// # Errors
+    /// A storage or decoding failure.
+    pub fn update_set_cached(
+        &self,
+        hash: &SetHash,
+        cache: &mut HashMap<UpdateKey, Arc<Update>>,
+    ) -> Result<Vec<Arc<Update>>, StoreError> {
+        let keys: Vec<UpdateKey> = self.store.get(Table::UpdateSets, hash)?.unwrap_or_default();
+        let mut updates = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(u) = cache.get(&key) {
+                updates.push(Arc::clone(u));
+                continue;
+            }
+            if let Some(u) = self.store.get::<Update>(Table::Updates, &key)? {
+                let u = Arc::new(u);
+                cache.insert(key, Arc::clone(&u));
+                updates.push(u);
+            }
+        }
+        Ok(updates)
     }
 
     pub fn lifecycle(&self) -> Lifecycle {

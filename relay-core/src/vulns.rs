@@ -160,13 +160,14 @@ impl Relay {
     pub fn vulnerabilities(&self, filter: &VulnFilter) -> RelayResult<Vec<Vulnerability>> {
         let mut by_cve: HashMap<String, Vulnerability> = HashMap::new();
         let mut fixed_by: HashMap<String, HashSet<String>> = HashMap::new();
+        let mut cache = HashMap::new();
         for (hash, devices) in self.fleet.devices_by_set() {
             let devices: Vec<DeviceId> = match filter.device_id {
                 Some(only) if devices.contains(&only) => vec![only],
                 Some(_) => continue,
                 None => devices,
             };
-            for update in self.update_set(&hash)? {
+            for update in self.update_set_cached(&hash, &mut cache)? {
                 for cve in &update.cves {
                     let entry = by_cve
                         .entry(cve.id.clone())

@@ -16,7 +16,7 @@ use crate::store::Table;
 pub async fn devices_list(
     State(relay): State<AppState>,
     params: Params,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<DeviceList>> {
     let limit = params.limit()?;
     let after = params.cursor(|c| c.parse::<DeviceId>().ok())?;
     let filter = DeviceFilter {
@@ -30,11 +30,18 @@ pub async fn devices_list(
         has_critical: params.bool("has_critical")?,
     };
     let page = relay.fleet.page(&filter, after, limit, relay.clock.now());
-    Ok(Json(json!({
-        "devices": page.devices,
-        "total": page.total,
-        "next_cursor": page.next.map(|d| Cursor::encode(&d.to_string())),
-    })))
+    Ok(Json(DeviceList {
+        devices: page.devices,
+        total: page.total,
+        next_cursor: page.next.map(|d| Cursor::encode(&d.to_string())),
+    }))
+}
+
+#[derive(serde::Serialize)]
+pub struct DeviceList {
+    devices: Vec<crate::devices::DeviceSummary>,
+    total: usize,
+    next_cursor: Option<String>,
 }
 
 pub async fn devices_get(

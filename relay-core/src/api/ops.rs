@@ -40,6 +40,8 @@ pub async fn relay_info(State(relay): State<AppState>) -> Json<serde_json::Value
         "events_pruned": relay.metrics.events_pruned.load(Ordering::Relaxed),
         "kev_catalog": {"version": kev.0, "entries": kev.1},
         "store_bytes": relay.store.size_on_disk(),
+        "update_sets": relay.store.len(Table::UpdateSets),
+        "updates_stored": relay.store.len(Table::Updates),
     }))
 }
 

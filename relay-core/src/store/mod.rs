@@ -32,6 +32,8 @@ pub enum Table {
     AgentTokens,
     UpdateSets,
     UpdateSetRefs,
+    Updates,
+    UpdateRefs,
     Results,
     Users,
     Keys,
@@ -48,13 +50,15 @@ pub enum Table {
 }
 
 impl Table {
-    const ALL: [Table; 19] = [
+    const ALL: [Table; 21] = [
         Table::Meta,
         Table::Devices,
         Table::Machines,
         Table::AgentTokens,
         Table::UpdateSets,
         Table::UpdateSetRefs,
+        Table::Updates,
+        Table::UpdateRefs,
         Table::Results,
         Table::Users,
         Table::Keys,
@@ -78,6 +82,8 @@ impl Table {
             Table::AgentTokens => "agent_tokens",
             Table::UpdateSets => "update_sets",
             Table::UpdateSetRefs => "update_set_refs",
+            Table::Updates => "updates",
+            Table::UpdateRefs => "update_refs",
             Table::Results => "results",
             Table::Users => "users",
             Table::Keys => "keys",
@@ -435,11 +441,20 @@ impl Writer<'_> {
 
     fn apply_ops(&self, ops: &[Op]) -> Result<(), StoreError> {
         use sled::Transactional;
-        let trees: &[sled::Tree] = &self.store.trees;
+        // A transaction costs per tree it spans: span only the touched ones.
+        let mut slot = [usize::MAX; Table::ALL.len()];
+        let mut trees: Vec<sled::Tree> = Vec::new();
+        for (table, _, _) in ops {
+            if slot[*table as usize] == usize::MAX {
+                slot[*table as usize] = trees.len();
+                trees.push(self.store.tree(*table).clone());
+            }
+        }
         trees
+            .as_slice()
             .transaction(|view| {
                 for (table, key, value) in ops {
-                    let tree = &view[*table as usize];
+                    let tree = &view[slot[*table as usize]];
                     match value {
                         Some(v) => {
                             tree.insert(key.as_slice(), v.as_slice())?;
