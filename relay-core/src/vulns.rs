@@ -4,10 +4,13 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::devices::{SetHash, UpdateKey};
+use crate::inventory::Update;
+
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
-use crate::error::{RelayError, RelayResult};
+use crate::error::RelayResult;
 use crate::ids::DeviceId;
 use crate::inventory::Severity;
 use crate::relay::{KevCatalog, Relay};
@@ -27,26 +30,6 @@ pub struct Vulnerability {
     pub fixed_by: Vec<String>,
     pub first_detected: Option<Timestamp>,
     pub last_detected: Option<Timestamp>,
-}
-
-impl Vulnerability {
-    /// The default order: known-exploited first, then severity, then the
-    /// number of affected devices; the CVE id breaks ties.
-    pub fn sort_key(
-        &self,
-    ) -> (
-        bool,
-        std::cmp::Reverse<Severity>,
-        std::cmp::Reverse<usize>,
-        String,
-    ) {
-        (
-            !self.known_exploited,
-            std::cmp::Reverse(self.severity),
-            std::cmp::Reverse(self.affected_devices),
-            self.cve_id.clone(),
-        )
-    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -154,74 +137,152 @@ impl Relay {
     }
 
     /// Every CVE open on the fleet, filtered and in the default order.
+    /// Rows carry everything but `device_ids`, `first_detected` and
+    /// `last_detected`, which [`Relay::expand_vulnerability`] fills in for
+    /// the rows actually returned.
+    ///
+    /// The work is per distinct update and per distinct update set, never
+    /// per device × CVE: 10,000 devices sharing a few hundred sets cost as
+    /// much as those sets.
     ///
     /// # Errors
     /// A storage failure.
-    pub fn vulnerabilities(&self, filter: &VulnFilter) -> RelayResult<Vec<Vulnerability>> {
-        let mut by_cve: HashMap<String, Vulnerability> = HashMap::new();
-        let mut fixed_by: HashMap<String, HashSet<String>> = HashMap::new();
-        let mut cache = HashMap::new();
-        for (hash, devices) in self.fleet.devices_by_set() {
-            let devices: Vec<DeviceId> = match filter.device_id {
-                Some(only) if devices.contains(&only) => vec![only],
-                Some(_) => continue,
-                None => devices,
+    pub fn vulnerabilities(&self, filter: &VulnFilter) -> RelayResult<Vec<VulnRow>> {
+        let groups: Vec<(SetHash, Vec<DeviceId>)> = match filter.device_id {
+            Some(id) => self
+                .fleet
+                .devices_by_set()
+                .into_iter()
+                .find(|(_, devices)| devices.contains(&id))
+                .map(|(hash, _)| vec![(hash, vec![id])])
+                .unwrap_or_default(),
+            None => self.fleet.devices_by_set().into_iter().collect(),
+        };
+
+        // Which sets hold each distinct update.
+        let mut holders: HashMap<UpdateKey, Vec<u32>> = HashMap::new();
+        for (i, (hash, _)) in groups.iter().enumerate() {
+            let keys: Vec<UpdateKey> = self.store.get(Table::UpdateSets, hash)?.unwrap_or_default();
+            for key in keys {
+                holders.entry(key).or_default().push(i as u32);
+            }
+        }
+
+        // Each distinct update once: its CVEs, severity and name.
+        let mut by_cve: HashMap<String, CveAcc> = HashMap::new();
+        for (key, sets) in &holders {
+            let Some(update) = self.store.get::<Update>(Table::Updates, key)? else {
+                continue;
             };
-            for update in self.update_set_cached(&hash, &mut cache)? {
-                for cve in &update.cves {
-                    let entry = by_cve
-                        .entry(cve.id.clone())
-                        .or_insert_with(|| Vulnerability {
-                            cve_id: cve.id.clone(),
-                            severity: update.severity,
-                            cvss_score: None,
-                            known_exploited: false,
-                            affected_devices: 0,
-                            device_ids: Vec::new(),
-                            fixed_by: Vec::new(),
-                            first_detected: None,
-                            last_detected: None,
-                        });
-                    entry.severity = entry.severity.max(update.severity);
-                    entry.cvss_score = max_score(entry.cvss_score, cve.cvss);
-                    entry.device_ids.extend(&devices);
-                    let fix = update
-                        .kb
-                        .clone()
-                        .unwrap_or_else(|| update.update_id.clone());
-                    fixed_by.entry(cve.id.clone()).or_default().insert(fix);
-                }
+            let fix = update
+                .kb
+                .clone()
+                .unwrap_or_else(|| update.update_id.clone());
+            for cve in &update.cves {
+                let acc = by_cve.entry(cve.id.clone()).or_insert_with(|| CveAcc {
+                    severity: update.severity,
+                    cvss: None,
+                    fixed_by: Vec::new(),
+                    sets: Vec::new(),
+                });
+                acc.severity = acc.severity.max(update.severity);
+                acc.cvss = max_score(acc.cvss, cve.cvss);
+                acc.fixed_by.push(fix.clone());
+                acc.sets.extend_from_slice(sets);
             }
         }
-        let mut out = Vec::with_capacity(by_cve.len());
-        for (cve, mut v) in by_cve {
-            self.finish_vulnerability(&mut v, fixed_by.remove(&cve).unwrap_or_default())?;
-            if keep(&v, filter) {
-                out.push(v);
+
+        let mut rows = Vec::with_capacity(by_cve.len());
+        for (cve_id, mut acc) in by_cve {
+            acc.sets.sort_unstable();
+            acc.sets.dedup();
+            acc.fixed_by.sort();
+            acc.fixed_by.dedup();
+            let affected = acc.sets.iter().map(|i| groups[*i as usize].1.len()).sum();
+            let row = VulnRow {
+                known_exploited: self.is_known_exploited(&cve_id),
+                cve_id,
+                severity: acc.severity,
+                cvss_score: acc.cvss,
+                affected_devices: affected,
+                fixed_by: acc.fixed_by,
+                sets: acc
+                    .sets
+                    .iter()
+                    .map(|i| groups[*i as usize].1.clone())
+                    .collect(),
+            };
+            if keep(&row, filter) {
+                rows.push(row);
             }
         }
-        out.sort_by_cached_key(Vulnerability::sort_key);
-        Ok(out)
+        rows.sort_by_cached_key(VulnRow::sort_key);
+        Ok(rows)
     }
 
-    fn finish_vulnerability(
-        &self,
-        v: &mut Vulnerability,
-        fixes: HashSet<String>,
-    ) -> Result<(), RelayError> {
-        v.device_ids.sort();
-        v.device_ids.dedup();
-        v.affected_devices = v.device_ids.len();
-        v.known_exploited = self.is_known_exploited(&v.cve_id);
-        v.fixed_by = fixes.into_iter().collect();
-        v.fixed_by.sort();
-        v.first_detected = self.store.get(Table::CvesSeen, v.cve_id.as_bytes())?;
-        v.last_detected = v
-            .device_ids
+    /// The full entry of one row: its devices and detection times.
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub fn expand_vulnerability(&self, row: &VulnRow) -> RelayResult<Vulnerability> {
+        let mut device_ids: Vec<DeviceId> = row.sets.iter().flatten().copied().collect();
+        device_ids.sort_unstable();
+        device_ids.dedup();
+        let last_detected = device_ids
             .iter()
             .filter_map(|d| self.fleet.last_seen_of(*d))
             .max();
-        Ok(())
+        Ok(Vulnerability {
+            cve_id: row.cve_id.clone(),
+            severity: row.severity,
+            cvss_score: row.cvss_score,
+            known_exploited: row.known_exploited,
+            affected_devices: device_ids.len(),
+            device_ids,
+            fixed_by: row.fixed_by.clone(),
+            first_detected: self.store.get(Table::CvesSeen, row.cve_id.as_bytes())?,
+            last_detected,
+        })
+    }
+}
+
+struct CveAcc {
+    severity: Severity,
+    cvss: Option<f32>,
+    fixed_by: Vec<String>,
+    sets: Vec<u32>,
+}
+
+/// One CVE open on the fleet, before its device list is expanded.
+#[derive(Debug, Clone)]
+pub struct VulnRow {
+    pub cve_id: String,
+    pub severity: Severity,
+    pub cvss_score: Option<f32>,
+    pub known_exploited: bool,
+    pub affected_devices: usize,
+    pub fixed_by: Vec<String>,
+    /// The devices of each update set that leaves the CVE open.
+    sets: Vec<Vec<DeviceId>>,
+}
+
+impl VulnRow {
+    /// The default order: known-exploited first, then severity, then the
+    /// number of affected devices; the CVE id breaks ties.
+    pub fn sort_key(
+        &self,
+    ) -> (
+        bool,
+        std::cmp::Reverse<Severity>,
+        std::cmp::Reverse<usize>,
+        String,
+    ) {
+        (
+            !self.known_exploited,
+            std::cmp::Reverse(self.severity),
+            std::cmp::Reverse(self.affected_devices),
+            self.cve_id.clone(),
+        )
     }
 }
 
@@ -232,7 +293,7 @@ fn max_score(a: Option<f32>, b: Option<f32>) -> Option<f32> {
     }
 }
 
-fn keep(v: &Vulnerability, f: &VulnFilter) -> bool {
+fn keep(v: &VulnRow, f: &VulnFilter) -> bool {
     f.severity.is_none_or(|s| s == v.severity)
         && f.known_exploited.is_none_or(|k| k == v.known_exploited)
         && f.min_cvss

@@ -42,7 +42,11 @@ pub async fn vulnerabilities_list(
         },
         None => 0,
     };
-    let page: Vec<_> = all.iter().skip(start).take(limit).collect();
+    let rows: Vec<_> = all.iter().skip(start).take(limit).collect();
+    let page = rows
+        .iter()
+        .map(|row| relay.expand_vulnerability(row))
+        .collect::<Result<Vec<_>, _>>()?;
     let next = (start + page.len() < all.len())
         .then(|| page.last().map(|v| Cursor::encode(&v.cve_id)))
         .flatten();

@@ -134,12 +134,14 @@ impl Inner {
 
 fn flusher_loop(inner: &Inner, db: &sled::Db, dir: &Path, done: &watch::Sender<Progress>) {
     let mut synced_blobs = HashSet::new();
+    // An fsync through any descriptor flushes the file: keep one open.
+    let mut db_file: Option<File> = None;
     loop {
         inner.wait_for_work();
         let closing = inner.closed.load(Ordering::SeqCst);
         // Every ticket handed out before this load was written before it.
         let covered = inner.requested.load(Ordering::SeqCst);
-        let result = flush_and_fsync(db, dir, &mut synced_blobs);
+        let result = flush_and_fsync(db, dir, &mut db_file, &mut synced_blobs);
         inner.flushes.fetch_add(1, Ordering::Relaxed);
 
         let mut progress = *done.borrow();
@@ -161,10 +163,15 @@ fn flusher_loop(inner: &Inner, db: &sled::Db, dir: &Path, done: &watch::Sender<P
 fn flush_and_fsync(
     db: &sled::Db,
     dir: &Path,
+    db_file: &mut Option<File>,
     synced_blobs: &mut HashSet<PathBuf>,
 ) -> std::io::Result<()> {
     db.flush().map_err(std::io::Error::other)?;
-    File::open(dir.join("db"))?.sync_data()?;
+    let file = match db_file {
+        Some(file) => file,
+        None => db_file.insert(File::open(dir.join("db"))?),
+    };
+    file.sync_data()?;
     sync_new_blobs(&dir.join("blobs"), synced_blobs)
 }
 

@@ -30,6 +30,9 @@ struct Args {
     /// Concurrent connections of the load generator.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// Agents checking in concurrently in the check-in rate figures.
+    #[arg(long, default_value_t = 256)]
+    checkin_agents: usize,
     /// Seconds the reconnect storm is spread over.
     #[arg(long, default_value_t = 60)]
     storm_seconds: u64,
@@ -224,6 +227,31 @@ async fn storm(
     Ok((latencies, failed))
 }
 
+async fn timed_get(url: &str, key: &str) -> anyhow::Result<f64> {
+    let t0 = Instant::now();
+    let resp = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(key)
+        .send()
+        .await?;
+    anyhow::ensure!(resp.status().is_success(), "{url}: {}", resp.status());
+    resp.bytes().await?;
+    Ok(t0.elapsed().as_secs_f64() * 1000.0)
+}
+
+async fn timed_post(url: &str, key: &str) -> anyhow::Result<f64> {
+    let t0 = Instant::now();
+    let resp = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(key)
+        .json(&serde_json::json!({}))
+        .send()
+        .await?;
+    anyhow::ensure!(resp.status().is_success(), "{url}: {}", resp.status());
+    resp.bytes().await?;
+    Ok(t0.elapsed().as_secs_f64() * 1000.0)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -284,6 +312,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await?;
     let rss_after_reads = relay.rss_kib().unwrap_or(0);
+    let vulns_ms = timed_get(
+        &format!("{}/api/vulnerabilities?limit=50", relay.base_url),
+        &relay.admin_key,
+    )
+    .await?;
+    let snapshot_ms = timed_post(
+        &format!("{}/api/compliance/snapshot", relay.base_url),
+        &relay.admin_key,
+    )
+    .await?;
 
     let (latencies, failed) = storm(
         &fleet,
@@ -295,10 +333,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     drop(relay);
 
     let durable = RelayProcess::start(LIMITS)?;
-    let durable_rate = checkin_rate(&durable, 64, args.seconds).await?;
+    let durable_rate = checkin_rate(&durable, args.checkin_agents, args.seconds).await?;
     drop(durable);
     let loose = RelayProcess::start(&format!("{LIMITS}[store]\ndurable_acks = false\n"))?;
-    let loose_rate = checkin_rate(&loose, 64, args.seconds).await?;
+    let loose_rate = checkin_rate(&loose, args.checkin_agents, args.seconds).await?;
     drop(loose);
 
     println!();
@@ -306,6 +344,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!("check-ins/s durable (fsync, group commit): {durable_rate:.0}; durability off: {loose_rate:.0}; ratio {:.2} (aim >= 0.5)", durable_rate / loose_rate);
     println!("relay RSS: idle {:.1} MiB; {} devices {:.1} MiB; after list load {:.1} MiB; after storm {:.1} MiB (aim < 48 MiB)",
         idle_rss as f64 / 1024.0, args.devices, rss_10k as f64 / 1024.0, rss_after_reads as f64 / 1024.0, rss_storm as f64 / 1024.0);
+    println!("single requests at {} devices: GET /api/vulnerabilities?limit=50 {vulns_ms:.0} ms; POST /api/compliance/snapshot {snapshot_ms:.0} ms", args.devices);
     println!("reconnect storm: {} check-ins over {} s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, failed {failed} (aim p99 < 250 ms)",
         latencies.len() + failed, args.storm_seconds, percentile(&latencies, 0.5), percentile(&latencies, 0.99), percentile(&latencies, 1.0));
     Ok(())
