@@ -31,6 +31,91 @@ pub async fn call(
     }
 }
 
+/// Fetches a binary answer (a backup) from the relay's control API into
+/// `out`, which must not exist: written to `out.partial`, fsynced, renamed.
+///
+/// # Errors
+/// The relay cannot be reached or refuses, or `out` cannot be written.
+pub async fn download(config: &RelayConfig, path: &str, out: &Path) -> anyhow::Result<()> {
+    let socket = crate::settings::socket_path(config);
+    let request = build(Method::GET, path, None)?;
+    let partial = partial_path(out);
+    let mut file = create_private(&partial)?;
+    let saved = match tokio::net::UnixStream::connect(&socket).await {
+        Ok(stream) => {
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .context("the control socket did not answer")?;
+            tokio::spawn(connection);
+            let response = sender.send_request(request).await?;
+            save(response, &mut file).await
+        }
+        Err(_) => {
+            let relay = open_in_process(config, &socket)?;
+            let response = relay_core::control::router(relay).oneshot(request).await?;
+            save(response, &mut file).await
+        }
+    };
+    let finished = saved.and_then(|()| {
+        file.sync_all()?;
+        std::fs::rename(&partial, out)
+            .with_context(|| format!("cannot rename {} to {}", partial.display(), out.display()))
+    });
+    if finished.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    finished
+}
+
+fn partial_path(out: &Path) -> std::path::PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(".partial");
+    name.into()
+}
+
+fn create_private(path: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))
+}
+
+async fn save<B>(response: axum::http::Response<B>, file: &mut std::fs::File) -> anyhow::Result<()>
+where
+    B: hyper::body::Body<Data = axum::body::Bytes> + Unpin,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    use std::io::Write;
+    let (parts, mut body) = response.into_parts();
+    if !parts.status.is_success() {
+        let bytes = body.collect().await?.to_bytes();
+        return expect_ok(parts.status, parse(&bytes)).map(drop);
+    }
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            file.write_all(&data)?;
+        }
+    }
+    Ok(())
+}
+
+fn open_in_process(config: &RelayConfig, socket: &Path) -> anyhow::Result<std::sync::Arc<Relay>> {
+    match Relay::open(config.clone(), relay_core::clock::Clock::system()) {
+        Ok(relay) => {
+            relay.set_lifecycle(relay_core::Lifecycle::Ready);
+            Ok(relay)
+        }
+        Err(err) => bail!(
+            "cannot reach a running relay at {} nor open its store: {err:#}",
+            socket.display()
+        ),
+    }
+}
+
 fn build(
     method: Method,
     path: &str,
@@ -71,14 +156,7 @@ async fn in_process(
     request: Request<Body>,
     socket: &Path,
 ) -> anyhow::Result<(StatusCode, serde_json::Value)> {
-    let relay = match Relay::open(config.clone(), relay_core::clock::Clock::system()) {
-        Ok(relay) => relay,
-        Err(err) => bail!(
-            "cannot reach a running relay at {} nor open its store: {err:#}",
-            socket.display()
-        ),
-    };
-    relay.set_lifecycle(relay_core::Lifecycle::Ready);
+    let relay = open_in_process(config, socket)?;
     let response = relay_core::control::router(relay.clone())
         .oneshot(request)
         .await

@@ -1,9 +1,11 @@
 //! `patchpilot-relay`: the appliance binary. CLI, config, logging and the
 //! wiring of `relay-core`; no behaviour of its own beyond that.
 
+mod backup;
 mod control_client;
 mod serve;
 mod settings;
+mod systemd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,11 +26,19 @@ struct Cli {
     /// Overrides `store.data_dir`.
     #[arg(long, global = true, env = "PATCHPILOT_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Log format: text or json.
-    #[arg(long, global = true, default_value = "text")]
-    log_format: String,
+    /// Log format: text or json (to stderr), or journald (structured
+    /// fields straight into the systemd journal).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PATCHPILOT_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+    Journald,
 }
 
 #[derive(Subcommand)]
@@ -56,6 +66,14 @@ enum Command {
     ImportKev { file: PathBuf },
     /// Check a config file and print the settings in force.
     CheckConfig,
+    /// Write a consistent backup of the store to FILE (while the relay runs,
+    /// through its control socket).
+    Backup { file: PathBuf },
+    /// Check a backup file without restoring it.
+    VerifyBackup { file: PathBuf },
+    /// Replace the store with a backup. The relay must be stopped; a damaged
+    /// or foreign file is refused and the current store is left as it was.
+    Restore { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -90,13 +108,28 @@ enum KeysCommand {
     },
 }
 
-fn init_logging(format: &str) {
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("PATCHPILOT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if format == LogFormat::Journald {
+        match tracing_journald::layer() {
+            Ok(journald) => {
+                let journald = journald.with_syslog_identifier("patchpilot-relay".into());
+                tracing_subscriber::registry()
+                    .with(filter)
+                    .with(journald)
+                    .init();
+                return;
+            }
+            Err(err) => eprintln!("patchpilot-relay: no journal ({err}); logging text to stderr"),
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if format == "json" {
+    if format == LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();
@@ -105,7 +138,7 @@ fn init_logging(format: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_format);
+    init_logging(cli.log_format);
     let config = match settings::load(cli.config.as_deref(), cli.data_dir.as_deref()) {
         Ok(c) => c,
         Err(err) => {
@@ -136,6 +169,9 @@ async fn dispatch(command: Command, config: relay_core::RelayConfig) -> anyhow::
     use control_client::{call, expect_ok};
     let (method, path, body) = match command {
         Command::Serve => return serve::run(config).await,
+        Command::Backup { file } => return backup::backup(&config, &file).await,
+        Command::VerifyBackup { file } => return backup::verify(&file),
+        Command::Restore { file } => return backup::restore(&config, &file).await,
         Command::CheckConfig => {
             println!("{}", toml::to_string_pretty(&config)?);
             return Ok(());

@@ -51,13 +51,20 @@ pub async fn run(config: RelayConfig) -> anyhow::Result<()> {
     servers.push(control_socket(&relay, &config, stop_rx.clone())?);
     let tasks = tokio::spawn(relay_core::tasks::run(relay.clone(), stop_rx));
 
+    let watchdog = crate::systemd::spawn_watchdog(stop_tx.subscribe());
+
     relay.set_lifecycle(Lifecycle::Ready);
+    crate::systemd::ready();
     tracing::info!("relay ready");
     wait_for_signal().await;
 
     tracing::info!("stopping: draining requests");
+    crate::systemd::stopping();
     relay.set_lifecycle(Lifecycle::Stopping);
     let _ = stop_tx.send(true);
+    if let Some(watchdog) = watchdog {
+        let _ = watchdog.await;
+    }
     let grace = Duration::from_secs(config.server.shutdown_grace_s);
     let drained = tokio::time::timeout(grace, async {
         for server in servers {

@@ -403,6 +403,12 @@ impl Relay {
             .unwrap_or(false)
     }
 
+    /// Whether `presented` is the current site enrollment token (used by a
+    /// restore to tell whether the token file on disk still applies).
+    pub fn enrollment_token_is(&self, presented: &str) -> bool {
+        self.enrollment_token_matches(presented).unwrap_or(false)
+    }
+
     fn enrollment_token_matches(&self, presented: &str) -> RelayResult<bool> {
         let stored: Option<[u8; 32]> = self.store.get(Table::Meta, META_ENROLLMENT_HASH)?;
         let presented = hash_secret(presented);

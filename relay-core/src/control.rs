@@ -12,12 +12,14 @@
 //! | `GET/POST /keys`, `DELETE /keys/:id` | keys |
 //! | `POST /enrollment-token` | rotate the site enrollment token |
 //! | `POST /kev` | import a CISA KEV catalog (body: its JSON) |
+//! | `GET /backup` | a consistent snapshot of the store, as a backup file |
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -54,6 +56,7 @@ pub fn router(relay: Arc<Relay>) -> Router {
         .route("/keys/{key_id}", delete(keys_revoke))
         .route("/enrollment-token", post(enrollment_rotate))
         .route("/kev", post(kev_import))
+        .route("/backup", get(backup_take))
         .layer(axum::extract::DefaultBodyLimit::max(16 << 20))
         .with_state(relay)
 }
@@ -172,4 +175,76 @@ async fn kev_import(
     let version = catalog.version.clone();
     let entries = relay.import_kev(catalog).await?;
     Ok(Json(json!({"entries": entries, "version": version})))
+}
+
+/// Streams a consistent snapshot of the store. The snapshot is written
+/// under the writer lock to an unlinked file in the data directory, then
+/// sent at the client's pace, so a slow reader never holds up check-ins.
+async fn backup_take(State(relay): State<Arc<Relay>>) -> ApiResult<Response> {
+    let snapshot = relay.clone();
+    let taken = tokio::task::spawn_blocking(move || snapshot_to_file(&snapshot))
+        .await
+        .map_err(|_| ApiError::Internal)?;
+    let (file, summary) = taken.map_err(|err| {
+        tracing::error!(error = %err, cause = ?std::error::Error::source(&err), "backup failed");
+        ApiError::Internal
+    })?;
+    tracing::info!(
+        records = summary.records,
+        bytes = summary.bytes,
+        "backup taken"
+    );
+
+    let stream = futures_util::stream::unfold(tokio::fs::File::from_std(file), |mut file| async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 64 * 1024];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(Bytes::from(buf)), file))
+            }
+            Err(err) => Some((Err(err), file)),
+        }
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, summary.bytes.to_string()),
+            (header::ETAG, format!("\"sha256:{}\"", summary.sha256)),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+fn snapshot_to_file(
+    relay: &Relay,
+) -> Result<(std::fs::File, crate::store::BackupSummary), crate::store::BackupError> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::OpenOptionsExt;
+    let write_err = crate::store::BackupError::Write;
+    let path = relay
+        .config
+        .store
+        .data_dir
+        .join(format!(".backup-{}", crate::ids::next_ulid()));
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(write_err)?;
+    // Unlinked at once: the open handle keeps the data, and nothing is left
+    // behind if the relay dies mid-way.
+    std::fs::remove_file(&path).map_err(write_err)?;
+    let header = crate::store::BackupHeader {
+        relay_id: relay.relay_id.clone(),
+        created_at: relay.clock.now().unix(),
+        record_version: crate::store::RECORD_VERSION,
+    };
+    let summary = relay.store.write_backup(&header, &mut file)?;
+    file.seek(SeekFrom::Start(0)).map_err(write_err)?;
+    Ok((file, summary))
 }

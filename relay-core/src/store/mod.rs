@@ -6,6 +6,7 @@
 //! scans, and write by filling a [`Batch`] and applying it through the
 //! [`Writer`] lock, which also numbers the events the batch records.
 
+mod backup;
 mod durability;
 
 use std::path::{Path, PathBuf};
@@ -14,6 +15,9 @@ use std::sync::{Mutex, MutexGuard};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use backup::{
+    restore_backup, verify_backup, BackupError, BackupHeader, BackupSummary, FORMAT_VERSION,
+};
 pub use durability::{Durability, NotDurable};
 
 use crate::clock::Timestamp;
@@ -21,7 +25,7 @@ use crate::events::{EventRecord, EventType};
 use crate::ids::EventId;
 
 /// The layout version of every record written by this release.
-const RECORD_VERSION: u8 = 1;
+pub const RECORD_VERSION: u8 = 1;
 
 /// The named trees of the store. Each holds one kind of record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -354,24 +358,6 @@ impl Store {
     fn last_event_sequence(&self) -> Result<Option<u64>, StoreError> {
         let last = self.tree(Table::Events).last()?;
         Ok(last.and_then(|(k, _)| k.as_ref().try_into().ok().map(u64::from_be_bytes)))
-    }
-
-    /// Copies the whole store into `target` (sled's export/import), for
-    /// backups taken while the relay runs.
-    ///
-    /// # Errors
-    /// The target cannot be opened or written.
-    pub fn copy_to(&self, target: &Path) -> Result<(), StoreError> {
-        let copy = sled::Config::new()
-            .path(target)
-            .open()
-            .map_err(|source| StoreError::Open {
-                path: target.to_path_buf(),
-                source,
-            })?;
-        copy.import(self.db.export());
-        copy.flush()?;
-        Ok(())
     }
 }
 
