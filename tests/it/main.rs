@@ -6,4 +6,5 @@
 mod api;
 mod crash;
 mod errors;
+mod mdns;
 mod support;

@@ -45,10 +45,12 @@ pub enum Table {
     Events,
     CvesSeen,
     Kev,
+    Presence,
+    Discovered,
 }
 
 impl Table {
-    const ALL: [Table; 19] = [
+    const ALL: [Table; 21] = [
         Table::Meta,
         Table::Devices,
         Table::Machines,
@@ -68,6 +70,8 @@ impl Table {
         Table::Events,
         Table::CvesSeen,
         Table::Kev,
+        Table::Presence,
+        Table::Discovered,
     ];
 
     fn name(self) -> &'static str {
@@ -91,6 +95,8 @@ impl Table {
             Table::Events => "events",
             Table::CvesSeen => "cves_seen",
             Table::Kev => "kev",
+            Table::Presence => "presence",
+            Table::Discovered => "discovered",
         }
     }
 }
