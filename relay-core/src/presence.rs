@@ -249,19 +249,23 @@ impl Relay {
     }
 }
 
-/// Runs the presence sweeper until `stop` turns true.
+/// Runs the presence sweeper until `stop` turns true, with a last sweep
+/// then so that changes already due are recorded before the final flush.
 pub async fn run(relay: Arc<Relay>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.changed() => break,
-            _ = tick.tick() => {
-                if let Err(err) = relay.sweep_presence() {
-                    tracing::warn!(error = %err, "presence sweep failed");
-                }
-            }
+            _ = tick.tick() => sweep(&relay),
         }
+    }
+    sweep(&relay);
+}
+
+fn sweep(relay: &Relay) {
+    if let Err(err) = relay.sweep_presence() {
+        tracing::warn!(error = %err, "presence sweep failed");
     }
 }
 

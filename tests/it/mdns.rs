@@ -14,12 +14,7 @@ use relay_tests::harness::RelayProcess;
 use relay_tests::netns::{Host, Lan, HOST_IF};
 use serde_json::Value;
 
-const RELAY_CONFIG: &str = r#"
-[discovery]
-enabled = true
-interfaces = ["eth0"]
-goodbye_grace_s = 1
-"#;
+const DISCOVERY: &str = "enabled = true\ninterfaces = [\"eth0\"]\ngoodbye_grace_s = 1\n";
 
 fn fleet_sim() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_fleet-sim"))
@@ -70,6 +65,7 @@ impl Drop for Proc {
 /// A relay and its LAN. Fields drop in order: processes before the LAN.
 struct Site {
     agents: Vec<Proc>,
+    logs: tempfile::TempDir,
     relay: RelayProcess,
     relay_host: Host,
     lan: Lan,
@@ -77,13 +73,19 @@ struct Site {
 
 impl Site {
     fn new(extra: &str) -> Self {
+        Self::with_discovery("", extra)
+    }
+
+    /// A site whose `[discovery]` section gets `discovery` added.
+    fn with_discovery(discovery: &str, extra: &str) -> Self {
         let mut lan = Lan::new().expect("the LAN harness needs root and iproute2");
         let relay_host = lan.add_host(1).expect("relay host");
-        let config = format!("{RELAY_CONFIG}\n{extra}");
+        let config = format!("[discovery]\n{DISCOVERY}{discovery}\n{extra}");
         let relay =
             RelayProcess::start_on(Some(relay_host.clone()), &config).expect("relay starts");
         Site {
             agents: Vec::new(),
+            logs: tempfile::tempdir().expect("tempdir"),
             relay,
             relay_host,
             lan,
@@ -113,7 +115,7 @@ impl Site {
             .arg(profile_cache())
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(self.log_file());
         self.agents
             .push(Proc(cmd.spawn().expect("fleet-sim starts")));
         self.agents.len() - 1
@@ -126,10 +128,30 @@ impl Site {
             .args(["--agents", &n.to_string()])
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(self.log_file());
         self.agents
             .push(Proc(cmd.spawn().expect("fleet-sim starts")));
         self.agents.len() - 1
+    }
+
+    fn log_file(&self) -> std::fs::File {
+        let path = self
+            .logs
+            .path()
+            .join(format!("agent-{}.log", self.agents.len()));
+        std::fs::File::create(path).expect("agent log")
+    }
+
+    fn agent_logs(&self) -> String {
+        let mut out = String::new();
+        for i in 0..self.agents.len() {
+            let path = self.logs.path().join(format!("agent-{i}.log"));
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(8)..].join("\n");
+            out += &format!("--- agent {i}\n{tail}\n");
+        }
+        out
     }
 
     fn take_agent(&mut self, i: usize) -> Proc {
@@ -166,7 +188,11 @@ impl Site {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        panic!("timed out waiting for {what}\n{}", self.relay.log_tail());
+        panic!(
+            "timed out waiting for {what}\n--- relay\n{}\n{}",
+            self.relay.log_tail(),
+            self.agent_logs()
+        );
     }
 
     fn devices(&self) -> Vec<Value> {
@@ -465,7 +491,7 @@ fn the_fleet_and_its_presence_survive_a_relay_restart() {
 
 #[test]
 fn a_flood_of_announcements_costs_bounded_work_and_memory() {
-    let mut site = Site::new("[discovery]\nmax_discovered = 50\nqueue = 64\n");
+    let mut site = Site::with_discovery("max_discovered = 50\nqueue = 64\n", "");
     let x = site.host(61);
     let rss_before = site.relay.rss_kib().unwrap_or(0);
     site.announcer(&x, 600, &["--instance-prefix", "flood", "--txt-pad", "600"]);

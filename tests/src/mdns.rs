@@ -61,12 +61,17 @@ pub fn find_relay(daemon: &ServiceDaemon, timeout: Duration) -> anyhow::Result<F
         if service.get_property_val_str("proto") != Some("1") {
             continue;
         }
+        // IPv4 first; an IPv6 link-local address would need its scope in a
+        // URL, so it is not used.
         let mut addrs: Vec<IpAddr> = service
             .get_addresses()
             .iter()
             .map(|a| a.to_ip_addr())
+            .filter(|a| match a {
+                IpAddr::V4(_) => true,
+                IpAddr::V6(v6) => !v6.is_unicast_link_local(),
+            })
             .collect();
-        // IPv4 first: a link-local IPv6 address needs a scope in a URL.
         addrs.sort_by_key(|a| !a.is_ipv4());
         let Some(addr) = addrs.first() else {
             continue;
@@ -149,8 +154,15 @@ pub fn announce(daemon: &ServiceDaemon, ad: &AgentAd) -> anyhow::Result<String> 
         .with_context(|| format!("agent record {}", ad.instance))?
         .enable_addr_auto();
     let fullname = info.get_fullname().to_string();
-    daemon.register(info)?;
-    Ok(fullname)
+    // The daemon's command queue is bounded: wait for room in a flood.
+    for _ in 0..500 {
+        match daemon.register(info.clone()) {
+            Ok(()) => return Ok(fullname),
+            Err(mdns_sd::Error::Again) => std::thread::sleep(Duration::from_millis(10)),
+            Err(err) => return Err(err.into()),
+        }
+    }
+    bail!("the mDNS daemon stayed busy registering {fullname}")
 }
 
 /// Unregisters every name (sending goodbyes) and waits briefly for them to
@@ -158,8 +170,15 @@ pub fn announce(daemon: &ServiceDaemon, ad: &AgentAd) -> anyhow::Result<String> 
 pub fn goodbye_all(daemon: &ServiceDaemon, fullnames: &[String]) {
     let mut waits = Vec::new();
     for name in fullnames {
-        if let Ok(rx) = daemon.unregister(name) {
-            waits.push(rx);
+        for _ in 0..200 {
+            match daemon.unregister(name) {
+                Ok(rx) => {
+                    waits.push(rx);
+                    break;
+                }
+                Err(mdns_sd::Error::Again) => std::thread::sleep(Duration::from_millis(10)),
+                Err(_) => break,
+            }
         }
     }
     for rx in waits {

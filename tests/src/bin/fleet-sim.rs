@@ -359,7 +359,7 @@ fn announce_fleet(
     fleet: &Fleet,
 ) -> anyhow::Result<Vec<String>> {
     let mut names = Vec::new();
-    for agent in fleet.agents() {
+    for agent in fleet.agents().iter().filter(|a| a.device_id().is_some()) {
         let ad = mdns::AgentAd {
             instance: mdns::instance_name(agent.hostname(), agent.machine_id()),
             hostname: agent.hostname().to_string(),
