@@ -27,6 +27,7 @@ pub async fn run(config: RelayConfig) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = Vec::new();
+    let mut http_port = 0;
     if !config.server.http_listen.is_empty() {
         let addr: SocketAddr = config
             .server
@@ -39,6 +40,7 @@ pub async fn run(config: RelayConfig) -> anyhow::Result<()> {
         let app = relay_core::api::router(relay.clone())
             .into_make_service_with_connect_info::<SocketAddr>();
         let mut stop = stop_rx.clone();
+        http_port = listener.local_addr()?.port();
         tracing::info!(address = %listener.local_addr()?, "listening for HTTP");
         servers.push(tokio::spawn(async move {
             axum::serve(listener, app)
@@ -49,6 +51,8 @@ pub async fn run(config: RelayConfig) -> anyhow::Result<()> {
         }));
     }
     servers.push(control_socket(&relay, &config, stop_rx.clone())?);
+    let presence = tokio::spawn(relay_core::presence::run(relay.clone(), stop_rx.clone()));
+    let mdns = start_discovery(&relay, http_port, stop_rx.clone())?;
     let tasks = tokio::spawn(relay_core::tasks::run(relay.clone(), stop_rx));
 
     let watchdog = crate::systemd::spawn_watchdog(stop_tx.subscribe());
@@ -65,12 +69,16 @@ pub async fn run(config: RelayConfig) -> anyhow::Result<()> {
     if let Some(watchdog) = watchdog {
         let _ = watchdog.await;
     }
+    if let Some(mdns) = mdns {
+        mdns.shutdown();
+    }
     let grace = Duration::from_secs(config.server.shutdown_grace_s);
     let drained = tokio::time::timeout(grace, async {
         for server in servers {
             let _ = server.await;
         }
         let _ = tasks.await;
+        let _ = presence.await;
     })
     .await;
     if drained.is_err() {
@@ -87,6 +95,28 @@ pub async fn run(config: RelayConfig) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(crate::settings::socket_path(&config));
     tracing::info!("relay stopped");
     Ok(())
+}
+
+/// Starts mDNS when the config asks for it (never with the built-in
+/// defaults).
+fn start_discovery(
+    relay: &Arc<Relay>,
+    http_port: u16,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<Option<relay_core::discovery::MdnsDiscovery>> {
+    let config = &relay.config.discovery;
+    if !config.enabled {
+        return Ok(None);
+    }
+    if http_port == 0 && config.advertise_port == 0 {
+        tracing::warn!("mDNS not started: no HTTP listener and no discovery.advertise_port");
+        return Ok(None);
+    }
+    // TLS does not exist yet: the relay advertises tls=0 and no fingerprint.
+    let discovery =
+        relay_core::discovery::MdnsDiscovery::start(relay.clone(), http_port, None, stop)
+            .context("cannot start mDNS discovery")?;
+    Ok(Some(discovery))
 }
 
 fn control_socket(

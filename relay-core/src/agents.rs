@@ -522,6 +522,20 @@ impl Relay {
         device_id: DeviceId,
         req: CheckinRequest,
     ) -> RelayResult<CheckinResponse> {
+        self.checkin_from(device_id, req, None).await
+    }
+
+    /// [`Relay::checkin`] with the address the request came from, which an
+    /// mDNS announcement for this device must match (see `discovery`).
+    ///
+    /// # Errors
+    /// As [`Relay::checkin`].
+    pub async fn checkin_from(
+        &self,
+        device_id: DeviceId,
+        req: CheckinRequest,
+        peer: Option<IpAddr>,
+    ) -> RelayResult<CheckinResponse> {
         let checkin = validate_checkin(req)?;
         let now = self.clock.now();
         let hash = (!checkin.updates.is_empty()).then(|| set_hash(&checkin.updates));
@@ -559,9 +573,15 @@ impl Relay {
             device.installed_kbs = checkin.installed_kbs;
             device.last_checkin = Some(now);
             batch.put(Table::Devices, device_id.to_bytes().to_vec(), &device);
+            let came_online =
+                self.stage_checkin_presence(&writer, &mut batch, &device, peer, now)?;
 
             writer.apply(batch)?;
             self.fleet.upsert(&device, new_set.as_deref());
+            self.fleet.set_present(device_id, true);
+            if came_online {
+                tracing::info!(%device_id, "device online");
+            }
             if reboot_done {
                 self.fleet.set_scheduled(device_id, None);
             }
@@ -570,6 +590,9 @@ impl Relay {
 
         self.store.durable().await?;
         Metrics::bump(&self.metrics.checkins);
+        if let Err(err) = self.recheck_claims(device_id) {
+            tracing::warn!(%device_id, error = %err, "pending mDNS announcements not checked");
+        }
         Ok(CheckinResponse {
             next_checkin_s: self.config.agents.checkin_interval_s,
             exclusions: self.exclusion_commands(device.os_family),

@@ -35,6 +35,7 @@ pub struct RelayConfig {
     pub reboot: RebootConfig,
     pub vulnerabilities: VulnerabilitiesConfig,
     pub events: EventsConfig,
+    pub discovery: DiscoveryConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -287,6 +288,118 @@ impl Default for EventsConfig {
     }
 }
 
+/// Which interfaces mDNS may use.
+///
+/// `"loopback"` (the built-in default, for tests and development), `"all"`
+/// (every non-loopback interface that is up: the appliance), or a list of
+/// interface names.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Interfaces {
+    Named(Vec<String>),
+    Keyword(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// Run mDNS at all. Default false: with no config file the relay never
+    /// touches the network beyond its HTTP listener.
+    pub enabled: bool,
+    /// `"loopback"`, `"all"` or a list of interface names. Default
+    /// `"loopback"`.
+    pub interfaces: Interfaces,
+    /// Instance name advertised for the relay. Default: `PatchPilot relay`
+    /// followed by the end of the relay id.
+    pub instance_name: String,
+    /// Host name advertised (without `.local.`). Default `patchpilot-relay`.
+    pub advertise_host: String,
+    /// Port advertised. Default 0: the port of `server.http_listen`.
+    pub advertise_port: u16,
+    /// After an agent's mDNS goodbye, how long a check-in has to arrive
+    /// before the device is marked offline. Default 5.
+    pub goodbye_grace_s: u64,
+    /// Unknown agents remembered in `/api/discovered` at most. Default 1000.
+    pub max_discovered: usize,
+    /// Announcements waiting to be handled at most; past it they are
+    /// dropped and counted. Default 1024.
+    pub queue: usize,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            interfaces: Interfaces::Keyword("loopback".into()),
+            instance_name: String::new(),
+            advertise_host: "patchpilot-relay".into(),
+            advertise_port: 0,
+            goodbye_grace_s: 5,
+            max_discovered: 1000,
+            queue: 1024,
+        }
+    }
+}
+
+impl DiscoveryConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        match &self.interfaces {
+            Interfaces::Keyword(k) if k == "all" || k == "loopback" => {}
+            Interfaces::Keyword(k) => {
+                return Err(bad(
+                    "discovery.interfaces",
+                    format!("`{k}` is not \"all\", \"loopback\" or a list of names"),
+                ))
+            }
+            Interfaces::Named(names) if names.is_empty() => {
+                return Err(bad("discovery.interfaces", "the list is empty"))
+            }
+            Interfaces::Named(names) => {
+                for name in names {
+                    let ok = (1..=15).contains(&name.len())
+                        && name
+                            .bytes()
+                            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
+                    if !ok {
+                        return Err(bad(
+                            "discovery.interfaces",
+                            format!("`{name}` is not an interface name"),
+                        ));
+                    }
+                }
+            }
+        }
+        if self.instance_name.len() > 63 {
+            return Err(bad("discovery.instance_name", "at most 63 bytes"));
+        }
+        let host_ok = (1..=63).contains(&self.advertise_host.len())
+            && self
+                .advertise_host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !host_ok {
+            return Err(bad(
+                "discovery.advertise_host",
+                "1 to 63 letters, digits or hyphens",
+            ));
+        }
+        in_range(
+            "discovery.goodbye_grace_s",
+            self.goodbye_grace_s as i64,
+            0,
+            3600,
+        )?;
+        in_range(
+            "discovery.max_discovered",
+            self.max_discovered as i64,
+            1,
+            100_000,
+        )?;
+        in_range("discovery.queue", self.queue as i64, 16, 1_000_000)?;
+        Ok(())
+    }
+}
+
 impl RelayConfig {
     /// Checks every value that serde's types alone cannot.
     ///
@@ -295,6 +408,7 @@ impl RelayConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.server.validate()?;
         self.store.validate()?;
+        self.discovery.validate()?;
         self.limits.per_key().validate("limits.")?;
         positive(
             "limits.auth_failures_per_minute",
@@ -451,6 +565,31 @@ mod tests {
         RelayConfig::default()
             .validate()
             .expect("defaults must validate");
+    }
+
+    #[test]
+    fn mdns_is_off_without_a_config_file() {
+        let config = RelayConfig::default();
+        assert!(!config.discovery.enabled);
+        assert_eq!(
+            config.discovery.interfaces,
+            Interfaces::Keyword("loopback".into())
+        );
+    }
+
+    #[test]
+    fn discovery_interfaces_take_a_keyword_or_names() {
+        let config: RelayConfig =
+            toml::from_str("[discovery]\ninterfaces = [\"eth0\", \"wlan0\"]\n").expect("parses");
+        config.validate().expect("names are valid");
+        let config: RelayConfig =
+            toml::from_str("[discovery]\ninterfaces = \"everything\"\n").expect("parses");
+        assert_eq!(
+            config.validate().expect_err("bad keyword").key,
+            "discovery.interfaces"
+        );
+        let config: RelayConfig = toml::from_str("[discovery]\ninterfaces = []\n").expect("parses");
+        assert!(config.validate().is_err());
     }
 
     #[test]

@@ -95,6 +95,9 @@ struct Entry {
     reboot_pending: bool,
     reboot_pending_since: Option<Timestamp>,
     scheduled: Option<(ScheduleId, Timestamp)>,
+    /// The presence state (see `presence`): online only while check-ins
+    /// arrive, and never on the word of an mDNS announcement.
+    present: bool,
 }
 
 /// Per OS family, `(updates_available, critical_count)` of one update set.
@@ -180,6 +183,27 @@ impl FleetIndex {
         now.seconds_since(last_seen) <= self.offline_after_s
     }
 
+    fn entry_online(&self, e: &Entry, now: Timestamp) -> bool {
+        e.present && self.is_online(e.last_seen, now)
+    }
+
+    /// Sets the stored presence state of a device.
+    pub fn set_present(&self, device: DeviceId, present: bool) {
+        if let Some(entry) = self.write().devices.get_mut(&device) {
+            entry.present = present;
+        }
+    }
+
+    /// Devices whose presence says online: `(id, last_seen)`.
+    pub fn present_devices(&self) -> Vec<(DeviceId, Timestamp)> {
+        self.read()
+            .devices
+            .iter()
+            .filter(|(_, e)| e.present)
+            .map(|(id, e)| (*id, e.last_seen))
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.read().devices.len()
     }
@@ -193,7 +217,7 @@ impl FleetIndex {
         inner
             .devices
             .values()
-            .filter(|e| self.is_online(e.last_seen, now))
+            .filter(|e| self.entry_online(e, now))
             .count()
     }
 
@@ -216,6 +240,7 @@ impl FleetIndex {
             }
         }
         let scheduled = previous.as_ref().and_then(|p| p.scheduled);
+        let present = previous.as_ref().is_some_and(|p| p.present);
         if previous.as_ref().and_then(|p| p.set) != record.update_set {
             if let Some(hash) = record.update_set {
                 if let Some(set) = inner.sets.get_mut(&hash) {
@@ -238,6 +263,7 @@ impl FleetIndex {
                 reboot_pending: record.reboot_pending,
                 reboot_pending_since: record.reboot_pending_since,
                 scheduled,
+                present,
             },
         );
     }
@@ -295,7 +321,7 @@ impl FleetIndex {
             hostname: e.hostname.clone(),
             os_family: e.os_family,
             os_name: e.os_name.clone(),
-            status: if self.is_online(e.last_seen, now) {
+            status: if self.entry_online(e, now) {
                 "online"
             } else {
                 "offline"
@@ -316,9 +342,7 @@ impl FleetIndex {
         if f.os_family.is_some_and(|fam| fam != e.os_family) {
             return false;
         }
-        if f.online
-            .is_some_and(|on| on != self.is_online(e.last_seen, now))
-        {
+        if f.online.is_some_and(|on| on != self.entry_online(e, now)) {
             return false;
         }
         if let Some(q) = &f.hostname_contains {
@@ -524,6 +548,9 @@ mod tests {
         let updates = vec![critical("KB1")];
         index.upsert(&record("STRASSE-PC", &updates), Some(&updates));
         index.upsert(&record("other", &[]), Some(&[]));
+        for id in index.ids() {
+            index.set_present(id, true);
+        }
         let filter = DeviceFilter {
             hostname_contains: Some(fold_case("straße")),
             ..Default::default()

@@ -64,6 +64,10 @@ pub struct Relay {
     pub relay_id: String,
     pub started: Instant,
     pub metrics: Metrics,
+    /// mDNS goodbyes waiting for their grace period.
+    pub goodbyes: crate::presence::Goodbyes,
+    /// What discovery remembers between announcements.
+    pub discovery: crate::discovery::DiscoveryState,
     lifecycle: AtomicU8,
 }
 
@@ -102,12 +106,24 @@ impl Relay {
             relay_id,
             started: Instant::now(),
             metrics: Metrics::default(),
+            goodbyes: Default::default(),
+            discovery: Default::default(),
             lifecycle: AtomicU8::new(Lifecycle::Starting as u8),
             config,
             clock,
             store,
         };
         relay.load_fleet()?;
+        let offline = relay.rederive_presence().map_err(|err| match err {
+            crate::error::RelayError::Store(e) => e,
+            other => StoreError::Sled(sled::Error::ReportableBug(other.to_string())),
+        })?;
+        if offline > 0 {
+            tracing::info!(
+                devices = offline,
+                "devices marked offline: no check-in while the relay was down"
+            );
+        }
         Ok(Arc::new(relay))
     }
 

@@ -7,4 +7,5 @@ mod api;
 mod backup;
 mod crash;
 mod errors;
+mod mdns;
 mod support;

@@ -261,6 +261,11 @@ impl Agent {
         &self.hostname
     }
 
+    /// Replaces the host name (tests of duplicate and over-long names).
+    pub fn set_hostname(&mut self, hostname: String) {
+        self.hostname = hostname;
+    }
+
     pub fn os_family(&self) -> OsFamily {
         self.profile.os_family
     }

@@ -71,6 +71,8 @@ pub struct RelayProcess {
     pub admin_user: String,
     pub enrollment_token: String,
     pub log_path: PathBuf,
+    /// The LAN host the relay runs on (see `netns`), if any.
+    pub host: Option<crate::netns::Host>,
 }
 
 impl RelayProcess {
@@ -79,10 +81,33 @@ impl RelayProcess {
     /// # Errors
     /// The relay does not become ready within 30 s.
     pub fn start(extra_toml: &str) -> anyhow::Result<Self> {
+        Self::start_on(None, extra_toml)
+    }
+
+    /// Starts a relay inside the namespace of `host` (listening on
+    /// `0.0.0.0:8080` there), or on loopback when `host` is `None`.
+    ///
+    /// # Errors
+    /// The relay does not become ready within 30 s.
+    pub fn start_on(host: Option<crate::netns::Host>, extra_toml: &str) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let port = free_port()?;
+        let (port, listen, base_url) = match &host {
+            Some(h) => (
+                8080,
+                "0.0.0.0:8080".to_string(),
+                format!("http://{}:8080", h.addr),
+            ),
+            None => {
+                let port = free_port()?;
+                (
+                    port,
+                    format!("127.0.0.1:{port}"),
+                    format!("http://127.0.0.1:{port}"),
+                )
+            }
+        };
         let mut config: toml::Table = toml::from_str(&format!(
-            "[server]\nhttp_listen = \"127.0.0.1:{port}\"\n[store]\ndata_dir = {:?}\n",
+            "[server]\nhttp_listen = \"{listen}\"\n[store]\ndata_dir = {:?}\n",
             dir.path().join("data").display().to_string()
         ))?;
         merge(
@@ -97,7 +122,8 @@ impl RelayProcess {
             dir,
             config_path,
             port,
-            base_url: format!("http://127.0.0.1:{port}"),
+            base_url,
+            host,
             admin_key: String::new(),
             admin_user: String::new(),
             enrollment_token: String::new(),
@@ -141,7 +167,11 @@ impl RelayProcess {
             .create(true)
             .append(true)
             .open(&self.log_path)?;
-        let child = Command::new(relay_binary()?)
+        let mut cmd = match &self.host {
+            Some(h) => h.command(&relay_binary()?),
+            None => Command::new(relay_binary()?),
+        };
+        let child = cmd
             .arg("--config")
             .arg(&self.config_path)
             .arg("serve")
@@ -179,6 +209,10 @@ impl RelayProcess {
 
     /// A bare blocking GET, for readiness polling.
     pub fn get_status(&self, path: &str) -> Option<u16> {
+        if let Some(h) = &self.host {
+            let url = format!("http://127.0.0.1:{}{path}", self.port);
+            return h.http("GET", &url, None).ok().map(|(code, _)| code);
+        }
         let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().ok()?;
         let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;

@@ -25,6 +25,8 @@ pub mod client;
 pub mod fleet;
 pub mod harness;
 pub mod linux;
+pub mod mdns;
+pub mod netns;
 pub mod products;
 pub mod profiles;
 pub mod protocol;

@@ -1,6 +1,8 @@
 //! The agent protocol routes.
 
-use axum::extract::{Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, StatusCode};
 use axum::Json;
 
@@ -27,10 +29,14 @@ pub async fn checkin(
             .and_then(|v| v.to_str().ok()),
     );
     let device = relay.agent_device(token)?;
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_canonical());
     let JsonBody(body) =
         <JsonBody<CheckinRequest> as axum::extract::FromRequest<AppState>>::from_request(
             req, &relay,
         )
         .await?;
-    Ok(Json(relay.checkin(device, body).await?))
+    Ok(Json(relay.checkin_from(device, body, peer).await?))
 }

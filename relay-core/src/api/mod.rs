@@ -6,6 +6,7 @@
 //! | `GET /healthz`, `GET /readyz`, `GET /metrics` | liveness, readiness, Prometheus |
 //! | `GET /api/relay` | relay id, version, uptime, event log depth |
 //! | `GET /api/devices`, `GET /api/devices/:id` | the fleet |
+//! | `GET /api/discovered` | agents heard over mDNS that match no enrolled device |
 //! | `GET /api/vulnerabilities` | CVEs open on the fleet |
 //! | `GET/POST /api/compliance/snapshot`, `GET /api/compliance/snapshots[/:id]` | compliance |
 //! | `GET /api/reboot-management`, `POST/DELETE /api/reboot-management/:id/schedule` | reboots |
@@ -18,6 +19,7 @@ mod accounts;
 mod agent;
 mod compliance;
 mod devices;
+mod discovered;
 mod exclusions;
 mod extract;
 mod middleware;
@@ -48,6 +50,7 @@ pub fn router(relay: Arc<Relay>) -> Router {
         .route("/relay", get(ops::relay_info))
         .route("/devices", get(devices::devices_list))
         .route("/devices/{device_id}", get(devices::devices_get))
+        .route("/discovered", get(discovered::discovered_list))
         .route("/vulnerabilities", get(vulns::vulnerabilities_list))
         .route(
             "/compliance/snapshot",

@@ -11,6 +11,7 @@ use axum::Json;
 use super::problem::ApiError;
 use super::AppState;
 use crate::auth::bearer;
+use crate::discovery::DiscoveryMetrics;
 use crate::relay::Lifecycle;
 use crate::store::Table;
 
@@ -100,6 +101,31 @@ pub async fn metrics(State(relay): State<AppState>, req: Request) -> Response {
             m.events_pruned.load(Ordering::Relaxed),
         ),
         (
+            "patchpilot_mdns_announcements_total",
+            "Agent mDNS announcements handled.",
+            DiscoveryMetrics::get(&relay.discovery.metrics.announcements),
+        ),
+        (
+            "patchpilot_mdns_dropped_total",
+            "mDNS events dropped because the queue was full.",
+            DiscoveryMetrics::get(&relay.discovery.metrics.dropped),
+        ),
+        (
+            "patchpilot_mdns_refused_total",
+            "Announcements refused (names past DNS-SD limits, no address).",
+            DiscoveryMetrics::get(&relay.discovery.metrics.refused),
+        ),
+        (
+            "patchpilot_mdns_claims_ignored_total",
+            "Announcements claiming an enrolled device from another address.",
+            DiscoveryMetrics::get(&relay.discovery.metrics.claims_ignored),
+        ),
+        (
+            "patchpilot_mdns_discovered_full_total",
+            "Unknown agents not listed because the discovered list was full.",
+            DiscoveryMetrics::get(&relay.discovery.metrics.discovered_full),
+        ),
+        (
             "patchpilot_store_flushes_total",
             "Group-commit fsync rounds.",
             relay.store.flushes(),
@@ -135,6 +161,11 @@ pub async fn metrics(State(relay): State<AppState>, req: Request) -> Response {
             "patchpilot_auth_failure_addresses",
             "Addresses tracked by the failure limiter.",
             relay.failures.tracked() as u64,
+        ),
+        (
+            "patchpilot_discovered",
+            "Unknown agents listed in /api/discovered.",
+            relay.store.len(Table::Discovered) as u64,
         ),
         (
             "patchpilot_uptime_seconds",

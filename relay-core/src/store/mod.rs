@@ -51,10 +51,12 @@ pub enum Table {
     Events,
     CvesSeen,
     Kev,
+    Presence,
+    Discovered,
 }
 
 impl Table {
-    const ALL: [Table; 21] = [
+    const ALL: &'static [Table] = &[
         Table::Meta,
         Table::Devices,
         Table::Machines,
@@ -76,6 +78,8 @@ impl Table {
         Table::Events,
         Table::CvesSeen,
         Table::Kev,
+        Table::Presence,
+        Table::Discovered,
     ];
 
     fn name(self) -> &'static str {
@@ -101,6 +105,8 @@ impl Table {
             Table::Events => "events",
             Table::CvesSeen => "cves_seen",
             Table::Kev => "kev",
+            Table::Presence => "presence",
+            Table::Discovered => "discovered",
         }
     }
 }

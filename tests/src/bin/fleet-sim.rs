@@ -10,6 +10,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::watch;
 
+use relay_tests::mdns;
 use relay_tests::profiles::{self, Profile};
 use relay_tests::sim::{self, RunOptions};
 use relay_tests::{Behaviour, Fleet, RelayClient, RetryPolicy};
@@ -101,6 +102,38 @@ struct Cli {
     /// Allow a relay URL that is not loopback.
     #[arg(long)]
     allow_non_loopback: bool,
+
+    /// mDNS mode: find the relay by `_pprelay._tcp` alone (no --relay-url)
+    /// and announce each agent as `_ppagent._tcp`, on these interfaces only
+    /// (comma-separated names; `lo` for loopback). Run it inside a network
+    /// namespace: never on a real LAN from a test machine.
+    #[arg(long, value_delimiter = ',')]
+    mdns_interfaces: Vec<String>,
+
+    /// Seconds to wait for the relay's mDNS answer.
+    #[arg(long, default_value_t = 30)]
+    resolve_timeout: u64,
+
+    /// Give every agent this host name.
+    #[arg(long)]
+    hostname: Option<String>,
+
+    /// Pad each agent's TXT record with this many bytes.
+    #[arg(long, default_value_t = 0)]
+    txt_pad: usize,
+
+    /// mDNS mode without a relay: announce --agents unknown instances and
+    /// nothing else, until stopped.
+    #[arg(long)]
+    announce_only: bool,
+
+    /// With --announce-only: claim this device id in the TXT record.
+    #[arg(long)]
+    claim_device_id: Option<String>,
+
+    /// Instance name prefix for --announce-only.
+    #[arg(long, default_value = "unknown-agent")]
+    instance_prefix: String,
 }
 
 impl Cli {
@@ -228,14 +261,24 @@ fn progress_bar(total: Option<u64>) -> ProgressBar {
     bar
 }
 
-/// Flips the stop flag on Ctrl-C.
+/// Flips the stop flag on Ctrl-C or SIGTERM.
 fn stop_on_ctrl_c() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("stopping after the current check-ins ...");
-            let _ = tx.send(true);
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term => {},
         }
+        eprintln!("stopping after the current check-ins ...");
+        let _ = tx.send(true);
     });
     rx
 }
@@ -244,7 +287,25 @@ async fn simulate(cli: &Cli, profiles: &[Profile]) -> anyhow::Result<()> {
     let token = cli.enrollment_token()?;
     let options = cli.run_options(token.clone());
     let mut fleet = Fleet::with_behaviour(profiles, cli.agents, cli.seed, cli.behaviour()?)?;
-    let client = cli.client()?.with_stats(fleet.stats().clone());
+    if let Some(name) = &cli.hostname {
+        for agent in fleet.agents_mut() {
+            agent.set_hostname(name.clone());
+        }
+    }
+    let daemon = match cli.mdns_interfaces.is_empty() {
+        true => None,
+        false => Some(mdns::daemon(&cli.mdns_interfaces)?),
+    };
+    let client = match &daemon {
+        None => cli.client()?,
+        Some(d) => {
+            let timeout = Duration::from_secs(cli.resolve_timeout);
+            let found = tokio::task::block_in_place(|| mdns::find_relay(d, timeout))?;
+            eprintln!("relay {} found over mDNS at {}", found.relay_id, found.url);
+            RelayClient::new_any_host(&found.url, cli.concurrency)?
+        }
+    }
+    .with_stats(fleet.stats().clone());
     let started = Instant::now();
 
     let bar = progress_bar(None);
@@ -258,11 +319,25 @@ async fn simulate(cli: &Cli, profiles: &[Profile]) -> anyhow::Result<()> {
         started.elapsed()
     );
 
+    // An agent announces its device id once it has checked in.
+    let announced = match &daemon {
+        Some(d) => {
+            let first = fleet.checkin_round(&client).await?;
+            eprintln!("first check-in: {} ok, {} failed", first.ok, first.failed);
+            announce_fleet(cli, d, &fleet)?
+        }
+        None => Vec::new(),
+    };
+
     let total = options.checkins.map(|n| u64::from(n) * cli.agents as u64);
     let bar = progress_bar(total);
     bar.set_message("check-ins");
     sim::run(&mut fleet, &client, options, stop_on_ctrl_c(), bar.clone()).await?;
     bar.finish_and_clear();
+    if let Some(d) = &daemon {
+        mdns::goodbye_all(d, &announced);
+        let _ = d.shutdown();
+    }
 
     let summary = fleet.summary();
     if cli.json {
@@ -277,9 +352,71 @@ async fn simulate(cli: &Cli, profiles: &[Profile]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Announces every enrolled agent with its device id.
+fn announce_fleet(
+    cli: &Cli,
+    daemon: &mdns_sd::ServiceDaemon,
+    fleet: &Fleet,
+) -> anyhow::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for agent in fleet.agents().iter().filter(|a| a.device_id().is_some()) {
+        let ad = mdns::AgentAd {
+            instance: mdns::instance_name(agent.hostname(), agent.machine_id()),
+            hostname: agent.hostname().to_string(),
+            txt: mdns::agent_txt(
+                agent.device_id(),
+                agent.os_family().as_str(),
+                relay_tests::protocol::AGENT_VERSION,
+                cli.txt_pad,
+            ),
+        };
+        names.push(mdns::announce(daemon, &ad)?);
+    }
+    eprintln!("announced {} agents on _ppagent._tcp", names.len());
+    Ok(names)
+}
+
+/// --announce-only: unknown (or claiming) instances and nothing else.
+async fn announce_only(cli: &Cli) -> anyhow::Result<()> {
+    if cli.mdns_interfaces.is_empty() {
+        bail!("--announce-only needs --mdns-interfaces");
+    }
+    let daemon = mdns::daemon(&cli.mdns_interfaces)?;
+    let mut names = Vec::new();
+    for i in 0..cli.agents {
+        let hostname = cli
+            .hostname
+            .clone()
+            .unwrap_or_else(|| format!("{}-{i}", cli.instance_prefix));
+        let ad = mdns::AgentAd {
+            instance: format!("{}-{i}", cli.instance_prefix),
+            hostname,
+            txt: mdns::agent_txt(cli.claim_device_id.as_deref(), "windows", "1", cli.txt_pad),
+        };
+        names.push(mdns::announce(&daemon, &ad)?);
+    }
+    eprintln!("announced {} instances", names.len());
+    let mut stop = stop_on_ctrl_c();
+    let until = cli.duration.map(Duration::from_secs);
+    match until {
+        Some(d) => {
+            let _ = tokio::time::timeout(d, stop.changed()).await;
+        }
+        None => {
+            let _ = stop.changed().await;
+        }
+    }
+    mdns::goodbye_all(&daemon, &names);
+    let _ = daemon.shutdown();
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if cli.announce_only {
+        return announce_only(&cli).await;
+    }
     let profiles = load_profiles(&cli)?;
     if cli.profiles_only {
         print_profiles(&profiles);
