@@ -49,6 +49,10 @@ pub async fn run(config: RelayConfig) -> anyhow::Result<()> {
         }));
     }
     servers.push(control_socket(&relay, &config, stop_rx.clone())?);
+    let outbox = tokio::spawn(relay_core::webhooks::outbox::run(
+        relay.clone(),
+        stop_rx.clone(),
+    ));
     let tasks = tokio::spawn(relay_core::tasks::run(relay.clone(), stop_rx));
 
     relay.set_lifecycle(Lifecycle::Ready);
@@ -64,6 +68,7 @@ pub async fn run(config: RelayConfig) -> anyhow::Result<()> {
             let _ = server.await;
         }
         let _ = tasks.await;
+        let _ = outbox.await;
     })
     .await;
     if drained.is_err() {

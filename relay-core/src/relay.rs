@@ -64,6 +64,7 @@ pub struct Relay {
     pub relay_id: String,
     pub started: Instant,
     pub metrics: Metrics,
+    pub webhooks: crate::webhooks::WebhookHub,
     lifecycle: AtomicU8,
 }
 
@@ -102,6 +103,7 @@ impl Relay {
             relay_id,
             started: Instant::now(),
             metrics: Metrics::default(),
+            webhooks: crate::webhooks::WebhookHub::load(&store)?,
             lifecycle: AtomicU8::new(Lifecycle::Starting as u8),
             config,
             clock,

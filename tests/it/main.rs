@@ -7,3 +7,6 @@ mod api;
 mod crash;
 mod errors;
 mod support;
+mod webhook_crash;
+mod webhook_netns;
+mod webhooks;

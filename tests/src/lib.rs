@@ -28,6 +28,7 @@ pub mod linux;
 pub mod products;
 pub mod profiles;
 pub mod protocol;
+pub mod receiver;
 pub mod sim;
 pub mod stats;
 pub mod systeminfo;
