@@ -363,12 +363,7 @@ impl WebhooksConfig {
             86_400,
         )?;
         in_range("webhooks.timeout_s", self.timeout_s as i64, 1, 60)?;
-        in_range(
-            "webhooks.max_webhooks",
-            self.max_webhooks as i64,
-            1,
-            1000,
-        )?;
+        in_range("webhooks.max_webhooks", self.max_webhooks as i64, 1, 1000)?;
         for (key, list) in [
             ("webhooks.allow_hosts", &self.allow_hosts),
             ("webhooks.deny_hosts", &self.deny_hosts),

@@ -19,7 +19,12 @@ const PRODUCERS: usize = 4;
 async fn acknowledged_events_are_delivered_despite_sigkill() {
     let mut relay = RelayProcess::start(FAST).expect("relay");
     let rx = receiver().await;
-    let (id, secret) = create(&Api::new(&relay), &rx.url("/hook"), serde_json::json!(["*"])).await;
+    let (id, secret) = create(
+        &Api::new(&relay),
+        &rx.url("/hook"),
+        serde_json::json!(["*"]),
+    )
+    .await;
     let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut rng = rand::rngs::StdRng::seed_from_u64(4242);
 
@@ -78,9 +83,19 @@ async fn acknowledged_events_are_delivered_despite_sigkill() {
         *per_event.entry(r.event_id()).or_default() += 1;
     }
     let missing = want.iter().filter(|e| !per_event.contains_key(*e)).count();
-    assert!(all_in && missing == 0, "{missing} acknowledged events never arrived");
-    assert!(receipts.iter().all(|r| r.signed_by(&secret)), "every delivery verifies");
-    assert!(want.len() > 200, "the load acknowledged only {} events", want.len());
+    assert!(
+        all_in && missing == 0,
+        "{missing} acknowledged events never arrived"
+    );
+    assert!(
+        receipts.iter().all(|r| r.signed_by(&secret)),
+        "every delivery verifies"
+    );
+    assert!(
+        want.len() > 200,
+        "the load acknowledged only {} events",
+        want.len()
+    );
     let duplicates = receipts.len() - per_event.len();
     eprintln!(
         "webhook kill test: {KILLS} SIGKILLs, {} acknowledged events, {} received ({} unacknowledged but recorded), {} deliveries, {duplicates} duplicates ({:.2} %), 0 missing",

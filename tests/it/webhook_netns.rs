@@ -28,7 +28,11 @@ fn ip(args: &[&str]) {
 }
 
 fn ensure_ip() {
-    if Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success()) {
+    if Command::new("ip")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
         return;
     }
     let quiet = |args: &[&str]| {
@@ -77,12 +81,42 @@ impl Link {
         // While the link is down nothing for this subnet may follow the
         // default route out of the machine: a catch-all unreachable route
         // of our own, below the veth's own route.
-        ip(&["route", "add", "unreachable", &link.subnet, "metric", "4000"]);
-        ip(&["link", "add", &link.host_if, "type", "veth", "peer", "name", &peer_if]);
+        ip(&[
+            "route",
+            "add",
+            "unreachable",
+            &link.subnet,
+            "metric",
+            "4000",
+        ]);
+        ip(&[
+            "link",
+            "add",
+            &link.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer_if,
+        ]);
         ip(&["link", "set", &peer_if, "netns", &link.ns]);
-        ip(&["addr", "add", &format!("{}/30", link.host_addr), "dev", &link.host_if]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", link.host_addr),
+            "dev",
+            &link.host_if,
+        ]);
         ip(&["link", "set", &link.host_if, "up"]);
-        ip(&["-n", &link.ns, "addr", "add", &format!("{}/30", link.peer_addr), "dev", &peer_if]);
+        ip(&[
+            "-n",
+            &link.ns,
+            "addr",
+            "add",
+            &format!("{}/30", link.peer_addr),
+            "dev",
+            &peer_if,
+        ]);
         ip(&["-n", &link.ns, "link", "set", &peer_if, "up"]);
         ip(&["-n", &link.ns, "link", "set", "lo", "up"]);
         link
@@ -102,9 +136,18 @@ impl Drop for Link {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = Command::new("ip").args(["link", "del", &self.host_if]).status();
         let _ = Command::new("ip")
-            .args(["route", "del", "unreachable", &self.subnet, "metric", "4000"])
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = Command::new("ip")
+            .args([
+                "route",
+                "del",
+                "unreachable",
+                &self.subnet,
+                "metric",
+                "4000",
+            ])
             .status();
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
     }
@@ -118,7 +161,12 @@ async fn events_queued_while_the_link_is_down_all_arrive_when_it_is_up() {
     let listen: SocketAddr = format!("{}:8099", link.peer_addr).parse().expect("addr");
     link.receiver = Some(
         Command::new("ip")
-            .args(["netns", "exec", &link.ns, env!("CARGO_BIN_EXE_webhook-receiver")])
+            .args([
+                "netns",
+                "exec",
+                &link.ns,
+                env!("CARGO_BIN_EXE_webhook-receiver"),
+            ])
             .arg("--listen")
             .arg(listen.to_string())
             .arg("--log")
@@ -140,7 +188,10 @@ async fn events_queued_while_the_link_is_down_all_arrive_when_it_is_up() {
     let first = crate::webhooks::test_event(&api, &id).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !read_log(&log).iter().any(|r| r.event_id() == first) {
-        assert!(Instant::now() < deadline, "the link works before it goes down");
+        assert!(
+            Instant::now() < deadline,
+            "the link works before it goes down"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -191,14 +242,23 @@ async fn events_queued_while_the_link_is_down_all_arrive_when_it_is_up() {
             .as_array()
             .expect("list")
             .iter()
-            .map(|d| (d["event_id"].to_string(), d["attempt"].as_u64().expect("attempt")))
+            .map(|d| {
+                (
+                    d["event_id"].to_string(),
+                    d["attempt"].as_u64().expect("attempt"),
+                )
+            })
             .collect()
     };
     let path = format!("/api/webhooks/{id}/deliveries?status=pending");
     let held = pending(api.get(&path).await.body);
     assert!(held.iter().all(|(_, a)| *a <= 1), "{held:?}");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(pending(api.get(&path).await.body), held, "no attempt is spent while unreachable");
+    assert_eq!(
+        pending(api.get(&path).await.body),
+        held,
+        "no attempt is spent while unreachable"
+    );
     assert_eq!(read_log(&log).len(), 1);
 
     link.set(true);
@@ -222,10 +282,17 @@ async fn events_queued_while_the_link_is_down_all_arrive_when_it_is_up() {
     };
     let resumed = first_at.expect("something arrived");
     let drained = up.elapsed();
-    assert!(resumed < Duration::from_secs(10), "the backlog moved after {resumed:?}");
+    assert!(
+        resumed < Duration::from_secs(10),
+        "the backlog moved after {resumed:?}"
+    );
     let mut verified = 0;
     for r in &all {
-        assert!(r.signed_by(&secret), "signature of {} verifies", r.event_id());
+        assert!(
+            r.signed_by(&secret),
+            "signature of {} verifies",
+            r.event_id()
+        );
         verified += 1;
     }
     // Order of first arrivals: a duplicate can come late, e.g. the request

@@ -21,7 +21,10 @@ pub async fn receiver() -> Receiver {
 /// Creates a webhook and returns `(webhook_id, secret)`.
 pub async fn create(api: &Api, url: &str, events: Value) -> (String, String) {
     let r = api
-        .post("/api/webhooks", json!({"url": url, "events": events, "description": "test"}))
+        .post(
+            "/api/webhooks",
+            json!({"url": url, "events": events, "description": "test"}),
+        )
         .await;
     assert_eq!(r.status, 201, "{}", r.text);
     (
@@ -32,7 +35,9 @@ pub async fn create(api: &Api, url: &str, events: Value) -> (String, String) {
 
 /// Queues a `webhook.test` event and returns its event id.
 pub async fn test_event(api: &Api, id: &str) -> String {
-    let r = api.post(&format!("/api/webhooks/{id}/test"), json!({})).await;
+    let r = api
+        .post(&format!("/api/webhooks/{id}/test"), json!({}))
+        .await;
     assert_eq!(r.status, 202, "{}", r.text);
     r.body["event_id"].as_str().expect("event id").to_string()
 }
@@ -46,7 +51,9 @@ fn of(receipts: &[Receipt], event_id: &str) -> Vec<Receipt> {
 }
 
 async fn delivery(api: &Api, id: &str, event_id: &str) -> Value {
-    let list = api.all(&format!("/api/webhooks/{id}/deliveries"), "deliveries", 100).await;
+    let list = api
+        .all(&format!("/api/webhooks/{id}/deliveries"), "deliveries", 100)
+        .await;
     list.into_iter()
         .find(|d| d["event_id"] == event_id)
         .expect("the delivery is listed")
@@ -73,7 +80,10 @@ async fn webhook_api_signs_rotates_and_never_shows_the_secret_again() {
     let listed = api.get("/api/webhooks").await;
     assert_eq!(listed.status, 200);
     assert_eq!(listed.body["total"], 1);
-    assert!(!listed.text.contains(&secret), "a list never shows the secret");
+    assert!(
+        !listed.text.contains(&secret),
+        "a list never shows the secret"
+    );
     let one = api.get(&format!("/api/webhooks/{id}")).await;
     assert_eq!(one.body["status"], "active");
     assert!(!one.text.contains(&secret));
@@ -90,38 +100,67 @@ async fn webhook_api_signs_rotates_and_never_shows_the_secret_again() {
     assert_eq!(enroll.status(), 201);
     let first = test_event(&api, &id).await;
     assert!(
-        rx.wait_until(Duration::from_secs(10), |r| r.iter().any(|x| x.event_id() == first)).await,
+        rx.wait_until(Duration::from_secs(10), |r| r
+            .iter()
+            .any(|x| x.event_id() == first))
+            .await,
         "the test event arrives"
     );
     let got = rx.receipts();
     assert_eq!(got[0].event, "device.enrolled");
     assert_eq!(got[0].json()["data"]["hostname"], "WH-1");
     assert_eq!(got[1].event, "webhook.test");
-    assert!(got.iter().all(|r| r.signed_by(&secret)), "signed with the secret");
+    assert!(
+        got.iter().all(|r| r.signed_by(&secret)),
+        "signed with the secret"
+    );
     assert!(got[1].sequence() > got[0].sequence());
     assert!(got.iter().all(|r| r.delivery.starts_with("dlv_")));
-    assert_eq!(got[1].json()["relay_id"].as_str().map(|s| s.starts_with("rly_")), Some(true));
+    assert_eq!(
+        got[1].json()["relay_id"]
+            .as_str()
+            .map(|s| s.starts_with("rly_")),
+        Some(true)
+    );
 
     // Rotation: both secrets sign during the grace period.
     let rotated = api
-        .post(&format!("/api/webhooks/{id}/rotate-secret"), json!({"grace_period_s": 600}))
+        .post(
+            &format!("/api/webhooks/{id}/rotate-secret"),
+            json!({"grace_period_s": 600}),
+        )
         .await;
     assert_eq!(rotated.status, 200, "{}", rotated.text);
-    let new_secret = rotated.body["secret"].as_str().expect("new secret").to_string();
+    let new_secret = rotated.body["secret"]
+        .as_str()
+        .expect("new secret")
+        .to_string();
     assert_ne!(new_secret, secret);
     assert!(rotated.body["previous_secret_expires_at"].is_string());
     let second = test_event(&api, &id).await;
-    assert!(rx.wait_until(Duration::from_secs(10), |r| r.iter().any(|x| x.event_id() == second)).await);
+    assert!(
+        rx.wait_until(Duration::from_secs(10), |r| r
+            .iter()
+            .any(|x| x.event_id() == second))
+            .await
+    );
     let r = of(&rx.receipts(), &second).remove(0);
     assert_eq!(r.signature.matches("v1=").count(), 2);
     assert!(r.signed_by(&new_secret) && r.signed_by(&secret));
     let bad = api
-        .post(&format!("/api/webhooks/{id}/rotate-secret"), json!({"grace_period_s": 604801}))
+        .post(
+            &format!("/api/webhooks/{id}/rotate-secret"),
+            json!({"grace_period_s": 604801}),
+        )
         .await;
     assert_eq!(bad.status, 422);
 
     let patched = api
-        .send(reqwest::Method::PATCH, &format!("/api/webhooks/{id}"), Some(json!({"description": "renamed", "events": ["patch.failed"]})))
+        .send(
+            reqwest::Method::PATCH,
+            &format!("/api/webhooks/{id}"),
+            Some(json!({"description": "renamed", "events": ["patch.failed"]})),
+        )
         .await;
     assert_eq!(patched.status, 200, "{}", patched.text);
     assert_eq!(patched.body["events"], json!(["patch.failed"]));
@@ -135,7 +174,10 @@ async fn webhook_api_signs_rotates_and_never_shows_the_secret_again() {
     assert_eq!(api.delete(&format!("/api/webhooks/{id}")).await.status, 204);
     assert_eq!(api.get(&format!("/api/webhooks/{id}")).await.status, 404);
     let log = std::fs::read_to_string(&relay.log_path).expect("relay log");
-    assert!(!log.contains(&secret) && !log.contains(&new_secret), "secrets never reach the log");
+    assert!(
+        !log.contains(&secret) && !log.contains(&new_secret),
+        "secrets never reach the log"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,9 +195,13 @@ async fn failing_receivers_are_retried_with_backoff_and_retry_after() {
     ]);
     let event = test_event(&api, &id).await;
     assert!(
-        rx.wait_until(Duration::from_secs(40), |r| of(r, &event).len() >= 6).await,
+        rx.wait_until(Duration::from_secs(40), |r| of(r, &event).len() >= 6)
+            .await,
         "the event is finally delivered: {:?}",
-        of(&rx.receipts(), &event).iter().map(|r| r.answered).collect::<Vec<_>>()
+        of(&rx.receipts(), &event)
+            .iter()
+            .map(|r| r.answered)
+            .collect::<Vec<_>>()
     );
     let attempts = of(&rx.receipts(), &event);
     assert_eq!(
@@ -165,18 +211,43 @@ async fn failing_receivers_are_retried_with_backoff_and_retry_after() {
     );
     assert!(attempts.iter().all(|r| r.signed_by(&secret)));
     let ids: std::collections::HashSet<_> = attempts.iter().map(|r| r.delivery.clone()).collect();
-    assert_eq!(ids.len(), attempts.len(), "each attempt has its own delivery id");
+    assert_eq!(
+        ids.len(),
+        attempts.len(),
+        "each attempt has its own delivery id"
+    );
     let gap = attempts[2].at_ms - attempts[1].at_ms;
     assert!(gap >= 2_500, "Retry-After: 3 is honoured (waited {gap} ms)");
     let first_gap = attempts[1].at_ms - attempts[0].at_ms;
-    assert!((700..=2_500).contains(&first_gap), "backoff from the base: {first_gap} ms");
+    assert!(
+        (700..=2_500).contains(&first_gap),
+        "backoff from the base: {first_gap} ms"
+    );
 
     let d = delivery(&api, &id, &event).await;
     assert_eq!(d["status"], "succeeded");
     assert_eq!(d["attempt"], 6);
-    let statuses: Vec<Value> = d["attempts"].as_array().expect("attempts").iter().map(|a| a["response_status"].clone()).collect();
-    assert_eq!(statuses, [json!(500), json!(429), Value::Null, Value::Null, json!(503), json!(200)]);
-    assert!(d["attempts"][3]["error"].as_str().expect("timeout error").contains("no answer"));
+    let statuses: Vec<Value> = d["attempts"]
+        .as_array()
+        .expect("attempts")
+        .iter()
+        .map(|a| a["response_status"].clone())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            json!(500),
+            json!(429),
+            Value::Null,
+            Value::Null,
+            json!(503),
+            json!(200)
+        ]
+    );
+    assert!(d["attempts"][3]["error"]
+        .as_str()
+        .expect("timeout error")
+        .contains("no answer"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,14 +261,24 @@ async fn a_failing_event_does_not_hold_back_later_ones_and_410_disables() {
     let a = test_event(&api, &id).await;
     let b = test_event(&api, &id).await;
     let c = test_event(&api, &id).await;
-    assert!(rx.wait_until(Duration::from_secs(15), |r| of(r, &a).len() == 2).await);
+    assert!(
+        rx.wait_until(Duration::from_secs(15), |r| of(r, &a).len() == 2)
+            .await
+    );
     let order: Vec<String> = rx.receipts().iter().map(Receipt::event_id).collect();
-    assert_eq!(order, [a.clone(), b.clone(), c.clone(), a.clone()], "B and C go out while A waits for its retry");
+    assert_eq!(
+        order,
+        [a.clone(), b.clone(), c.clone(), a.clone()],
+        "B and C go out while A waits for its retry"
+    );
 
     rx.script([Reply::Status(400)]);
     let d = test_event(&api, &id).await;
     let e = test_event(&api, &id).await;
-    assert!(rx.wait_until(Duration::from_secs(10), |r| of(r, &e).len() == 1).await);
+    assert!(
+        rx.wait_until(Duration::from_secs(10), |r| of(r, &e).len() == 1)
+            .await
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(of(&rx.receipts(), &d).len(), 1, "a 400 is not retried");
     let failed = delivery(&api, &id, &d).await;
@@ -206,7 +287,10 @@ async fn a_failing_event_does_not_hold_back_later_ones_and_410_disables() {
 
     rx.script([Reply::Status(410)]);
     let f = test_event(&api, &id).await;
-    assert!(rx.wait_until(Duration::from_secs(10), |r| of(r, &f).len() == 1).await);
+    assert!(
+        rx.wait_until(Duration::from_secs(10), |r| of(r, &f).len() == 1)
+            .await
+    );
     let mut disabled = Value::Null;
     for _ in 0..50 {
         disabled = api.get(&format!("/api/webhooks/{id}")).await.body;
@@ -216,16 +300,27 @@ async fn a_failing_event_does_not_hold_back_later_ones_and_410_disables() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(disabled["status"], "disabled");
-    assert!(disabled["disabled_reason"].as_str().expect("reason").contains("410"));
+    assert!(disabled["disabled_reason"]
+        .as_str()
+        .expect("reason")
+        .contains("410"));
     let g = test_event(&api, &id).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(of(&rx.receipts(), &g).is_empty(), "nothing goes to a disabled webhook");
+    assert!(
+        of(&rx.receipts(), &g).is_empty(),
+        "nothing goes to a disabled webhook"
+    );
     let on = api
-        .send(reqwest::Method::PATCH, &format!("/api/webhooks/{id}"), Some(json!({"status": "active"})))
+        .send(
+            reqwest::Method::PATCH,
+            &format!("/api/webhooks/{id}"),
+            Some(json!({"status": "active"})),
+        )
         .await;
     assert_eq!(on.status, 200);
     assert!(
-        rx.wait_until(Duration::from_secs(10), |r| of(r, &g).len() == 1).await,
+        rx.wait_until(Duration::from_secs(10), |r| of(r, &g).len() == 1)
+            .await,
         "events held while disabled go out once it is active again"
     );
 }
@@ -259,10 +354,17 @@ async fn past_the_outbox_size_the_oldest_are_dropped_and_counted() {
 
     let rx = receiver().await;
     let moved = api
-        .send(reqwest::Method::PATCH, &format!("/api/webhooks/{id}"), Some(json!({"url": rx.url("/hook")})))
+        .send(
+            reqwest::Method::PATCH,
+            &format!("/api/webhooks/{id}"),
+            Some(json!({"url": rx.url("/hook")})),
+        )
         .await;
     assert_eq!(moved.status, 200);
-    assert!(rx.wait_until(Duration::from_secs(10), |r| r.len() >= 5).await);
+    assert!(
+        rx.wait_until(Duration::from_secs(10), |r| r.len() >= 5)
+            .await
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let got: Vec<String> = rx.receipts().iter().map(Receipt::event_id).collect();
     assert_eq!(got, events[7..], "the five newest arrive, in order");

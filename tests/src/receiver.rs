@@ -75,7 +75,7 @@ impl Receipt {
             return false;
         };
         let expected = hmac_sha256_hex(secret.as_bytes(), format!("{t}.{}", self.body).as_bytes());
-        v1.iter().any(|v| *v == expected)
+        v1.contains(&expected)
     }
 }
 
@@ -90,8 +90,14 @@ pub fn hmac_sha256_hex(key: &[u8], message: &[u8]) -> String {
     }
     let ipad: Vec<u8> = block.iter().map(|b| b ^ 0x36).collect();
     let opad: Vec<u8> = block.iter().map(|b| b ^ 0x5c).collect();
-    let inner = Sha256::new().chain_update(&ipad).chain_update(message).finalize();
-    let outer = Sha256::new().chain_update(&opad).chain_update(inner).finalize();
+    let inner = Sha256::new()
+        .chain_update(&ipad)
+        .chain_update(message)
+        .finalize();
+    let outer = Sha256::new()
+        .chain_update(&opad)
+        .chain_update(inner)
+        .finalize();
     hex::encode(outer)
 }
 
@@ -120,7 +126,10 @@ impl Receiver {
         let listener = TcpListener::bind(addr).await?;
         let log = match log {
             Some(p) => Some(Mutex::new(
-                std::fs::OpenOptions::new().create(true).append(true).open(p)?,
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
             )),
             None => None,
         };
@@ -175,11 +184,7 @@ impl Receiver {
     }
 
     /// Waits until `pred` holds over the receipts, or `timeout` passes.
-    pub async fn wait_until(
-        &self,
-        timeout: Duration,
-        pred: impl Fn(&[Receipt]) -> bool,
-    ) -> bool {
+    pub async fn wait_until(&self, timeout: Duration, pred: impl Fn(&[Receipt]) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             let arrived = self.inner.arrived.notified();
@@ -211,7 +216,9 @@ impl Receiver {
                 head.lines()
                     .find_map(|l| {
                         let (k, v) = l.split_once(':')?;
-                        k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                        k.trim()
+                            .eq_ignore_ascii_case(name)
+                            .then(|| v.trim().to_string())
                     })
                     .unwrap_or_default()
             };

@@ -138,22 +138,38 @@ pub async fn metrics(State(relay): State<AppState>, req: Request) -> Response {
         (
             "patchpilot_webhook_attempts_failed_total",
             "Webhook attempts that failed and were scheduled for a retry.",
-            relay.webhooks.counters.attempts_failed.load(Ordering::Relaxed),
+            relay
+                .webhooks
+                .counters
+                .attempts_failed
+                .load(Ordering::Relaxed),
         ),
         (
             "patchpilot_webhook_deliveries_failed_total",
             "Webhook deliveries failed for good (4xx).",
-            relay.webhooks.counters.deliveries_failed.load(Ordering::Relaxed),
+            relay
+                .webhooks
+                .counters
+                .deliveries_failed
+                .load(Ordering::Relaxed),
         ),
         (
             "patchpilot_webhook_deliveries_dropped_retention_total",
             "Undelivered webhook deliveries dropped past the retention.",
-            relay.webhooks.counters.dropped_retention.load(Ordering::Relaxed),
+            relay
+                .webhooks
+                .counters
+                .dropped_retention
+                .load(Ordering::Relaxed),
         ),
         (
             "patchpilot_webhook_deliveries_dropped_outbox_full_total",
             "Undelivered webhook deliveries dropped past the outbox size.",
-            relay.webhooks.counters.dropped_outbox_full.load(Ordering::Relaxed),
+            relay
+                .webhooks
+                .counters
+                .dropped_outbox_full
+                .load(Ordering::Relaxed),
         ),
     ];
     let outbox = relay.webhooks.stats();

@@ -15,15 +15,15 @@ use super::AppState;
 use crate::auth::{Principal, Role};
 use crate::ids::WebhookId;
 use crate::relay::Relay;
-use crate::webhooks::{
-    DeliveryRecord, DeliveryStatus, NewWebhook, WebhookChanges, WebhookRecord,
-};
+use crate::webhooks::{DeliveryRecord, DeliveryStatus, NewWebhook, WebhookChanges, WebhookRecord};
 
 fn admin(who: &Principal) -> ApiResult<()> {
     if who.allows(Role::Admin) {
         Ok(())
     } else {
-        Err(ApiError::Forbidden("managing webhooks needs the admin role".into()))
+        Err(ApiError::Forbidden(
+            "managing webhooks needs the admin role".into(),
+        ))
     }
 }
 
@@ -178,7 +178,9 @@ pub async fn webhooks_test(
     let event = relay.queue_webhook_test(id).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"event_id": event.event_id, "sequence": event.sequence, "type": "webhook.test"})),
+        Json(
+            json!({"event_id": event.event_id, "sequence": event.sequence, "type": "webhook.test"}),
+        ),
     ))
 }
 

@@ -71,7 +71,12 @@ impl Durability {
     pub(crate) fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
         self.inner.notify();
-        let handle = self.inner.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let handle = self
+            .inner
+            .thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(handle) = handle {
             let _ = handle.join();
         }

@@ -47,9 +47,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_from_ten_seconds_and_caps_at_an_hour() {
-        let secs: Vec<u64> = (1..=11)
-            .map(|n| nominal(n, BASE, CAP).as_secs())
-            .collect();
+        let secs: Vec<u64> = (1..=11).map(|n| nominal(n, BASE, CAP).as_secs()).collect();
         assert_eq!(
             secs,
             [10, 20, 40, 80, 160, 320, 640, 1280, 2560, 3600, 3600]
@@ -75,7 +73,10 @@ mod tests {
     #[test]
     fn retry_after_takes_seconds_or_an_http_date() {
         let now = 1_445_412_480; // 2015-10-21T07:28:00Z
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
         assert_eq!(
             parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
             Some(Duration::from_secs(30))
@@ -85,9 +86,6 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon", now), None);
-        assert_eq!(
-            parse_retry_after("99999999", now),
-            Some(MAX_RETRY_AFTER)
-        );
+        assert_eq!(parse_retry_after("99999999", now), Some(MAX_RETRY_AFTER));
     }
 }

@@ -76,8 +76,7 @@ impl WebhookRecord {
     /// one while its grace period lasts.
     pub fn signing_secrets(&self, now: Timestamp) -> Vec<&str> {
         let mut out = vec![self.secret.as_str()];
-        if let (Some(old), Some(until)) = (&self.previous_secret, self.previous_secret_expires_at)
-        {
+        if let (Some(old), Some(until)) = (&self.previous_secret, self.previous_secret_expires_at) {
             if now < until {
                 out.push(old.as_str());
             }
@@ -245,21 +244,29 @@ pub fn check_url(checks: &mut Checks, config: &WebhooksConfig, raw: &str) -> Opt
         return None;
     }
     if !url.username().is_empty() || url.password().is_some() {
-        checks.fail("url", "must not carry credentials; sign with the secret instead");
+        checks.fail(
+            "url",
+            "must not carry credentials; sign with the secret instead",
+        );
         return None;
     }
     if url.fragment().is_some() {
         checks.fail("url", "must not have a fragment");
         return None;
     }
-    let Some(host) = url.host_str().map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase())
+    let Some(host) = url
+        .host_str()
+        .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase())
     else {
         checks.fail("url", "must name a host");
         return None;
     };
     let listed = |list: &[String]| list.iter().any(|p| host_matches(p, &host));
     if !config.allow_hosts.is_empty() && !listed(&config.allow_hosts) {
-        checks.fail("url", "this host is not in the relay's webhooks.allow_hosts");
+        checks.fail(
+            "url",
+            "this host is not in the relay's webhooks.allow_hosts",
+        );
         return None;
     }
     if listed(&config.deny_hosts) {
@@ -291,7 +298,10 @@ pub fn check_events(checks: &mut Checks, events: &[String]) -> Vec<String> {
             || serde_json::from_value::<EventType>(serde_json::Value::String(name.into()))
                 .is_ok_and(|t| t != EventType::WebhookTest);
         if !known {
-            checks.fail(format!("events[{i}]"), "is not an event type the relay records");
+            checks.fail(
+                format!("events[{i}]"),
+                "is not an event type the relay records",
+            );
         } else if !out.iter().any(|e| e == name) {
             out.push(name.to_string());
         }
@@ -327,7 +337,9 @@ impl Relay {
         limit: usize,
     ) -> RelayResult<(Vec<WebhookRecord>, usize)> {
         let after = after.map(|a| a.to_bytes().to_vec()).unwrap_or_default();
-        let rows = self.store.scan_from::<WebhookRecord>(Table::Webhooks, &after, limit)?;
+        let rows = self
+            .store
+            .scan_from::<WebhookRecord>(Table::Webhooks, &after, limit)?;
         Ok((
             rows.into_iter().map(|(_, w)| w).collect(),
             self.store.len(Table::Webhooks),
@@ -372,7 +384,11 @@ impl Relay {
             }
             let cursor = writer.store().last_event_sequence_applied();
             let mut batch = Batch::new();
-            batch.put(Table::Webhooks, record.webhook_id.to_bytes().to_vec(), &record);
+            batch.put(
+                Table::Webhooks,
+                record.webhook_id.to_bytes().to_vec(),
+                &record,
+            );
             batch.put(
                 Table::WebhookCursors,
                 record.webhook_id.to_bytes().to_vec(),
@@ -400,7 +416,10 @@ impl Relay {
             .url
             .as_deref()
             .map(|u| check_url(&mut checks, &self.config.webhooks, u));
-        let events = changes.events.as_deref().map(|e| check_events(&mut checks, e));
+        let events = changes
+            .events
+            .as_deref()
+            .map(|e| check_events(&mut checks, e));
         if let Some(d) = &changes.description {
             check_text(&mut checks, "description", d, 0, 500);
         }
@@ -473,7 +492,9 @@ impl Relay {
         for table in [Table::WebhookRetries, Table::Deliveries] {
             loop {
                 let mut writer = self.store.writer();
-                let keys = writer.store().keys_with_prefix(table, &id.to_bytes(), 1000)?;
+                let keys = writer
+                    .store()
+                    .keys_with_prefix(table, &id.to_bytes(), 1000)?;
                 if keys.is_empty() {
                     break;
                 }

@@ -96,7 +96,9 @@ impl WebhookHub {
         let (spawn_tx, spawn_rx) = mpsc::unbounded_channel();
         let (retention, full): (u64, u64) = store.get(Table::Meta, META_DROPPED)?.unwrap_or((0, 0));
         let counters = OutboxCounters::default();
-        counters.dropped_retention.store(retention, Ordering::Relaxed);
+        counters
+            .dropped_retention
+            .store(retention, Ordering::Relaxed);
         counters.dropped_outbox_full.store(full, Ordering::Relaxed);
         Ok(Self {
             handles: Mutex::new(HashMap::new()),
@@ -206,7 +208,9 @@ pub async fn run(relay: Arc<Relay>, mut stop: watch::Receiver<bool>) {
                 }
             }
         }
-        Err(err) => tracing::error!(error = %err, "cannot read the webhooks; none will be delivered"),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot read the webhooks; none will be delivered")
+        }
     }
     tracing::info!(webhooks = loops.len(), "webhook outbox started");
     loop {
@@ -312,7 +316,10 @@ impl Worker {
             if *self.stop.borrow() {
                 break;
             }
-            let record = match self.store().get::<WebhookRecord>(Table::Webhooks, &self.id.to_bytes()) {
+            let record = match self
+                .store()
+                .get::<WebhookRecord>(Table::Webhooks, &self.id.to_bytes())
+            {
                 Ok(Some(r)) => r,
                 Ok(None) => break,
                 Err(err) => {
@@ -382,9 +389,10 @@ impl Worker {
     fn publish(&self) {
         let last = self.store().last_event_sequence_applied();
         let retrying = self.retries.len() as u64;
-        self.handle
-            .backlog
-            .store(last.saturating_sub(self.cursor) + retrying, Ordering::Relaxed);
+        self.handle.backlog.store(
+            last.saturating_sub(self.cursor) + retrying,
+            Ordering::Relaxed,
+        );
         self.handle.retrying.store(retrying, Ordering::Relaxed);
         self.handle
             .unreachable
@@ -404,10 +412,16 @@ impl Worker {
             return;
         }
         let mut batch = Batch::new();
-        batch.put(Table::WebhookCursors, self.id.to_bytes().to_vec(), &self.cursor);
+        batch.put(
+            Table::WebhookCursors,
+            self.id.to_bytes().to_vec(),
+            &self.cursor,
+        );
         match writer.apply(batch) {
             Ok(_) => self.persisted_cursor = self.cursor,
-            Err(err) => tracing::warn!(webhook_id = %self.id, error = %err, "cannot record the webhook cursor"),
+            Err(err) => {
+                tracing::warn!(webhook_id = %self.id, error = %err, "cannot record the webhook cursor")
+            }
         }
     }
 
@@ -596,7 +610,11 @@ impl Worker {
         if first {
             self.cursor = self.cursor.max(event.sequence);
             self.buffer.pop_front();
-            batch.put(Table::WebhookCursors, self.id.to_bytes().to_vec(), &self.cursor);
+            batch.put(
+                Table::WebhookCursors,
+                self.id.to_bytes().to_vec(),
+                &self.cursor,
+            );
         }
         if outcome == Outcome::Gone {
             self.disable(batch, now).await;
@@ -653,7 +671,11 @@ impl Worker {
         tracing::info!(webhook_id = %self.id, "webhook disabled: the endpoint answered 410 Gone");
     }
 
-    async fn attempt(&self, record: &WebhookRecord, event: &EventRecord) -> (AttemptRecord, Outcome) {
+    async fn attempt(
+        &self,
+        record: &WebhookRecord,
+        event: &EventRecord,
+    ) -> (AttemptRecord, Outcome) {
         let body = serde_json::to_vec(&event.payload(&self.relay.relay_id)).unwrap_or_default();
         let delivery_id = DeliveryId::generate();
         let now = self.relay.clock.now();
@@ -717,7 +739,10 @@ impl Worker {
         if backlog > max {
             self.drop_oldest(record, backlog - max)?;
         }
-        if self.last_retention.is_none_or(|t| t.elapsed() >= RETENTION_EVERY) {
+        if self
+            .last_retention
+            .is_none_or(|t| t.elapsed() >= RETENTION_EVERY)
+        {
             self.last_retention = Some(Instant::now());
             self.drop_expired(record)?;
             self.prune_history()?;
@@ -741,7 +766,11 @@ impl Worker {
             dropped += self.count_wanted(record, self.cursor, |e| e.sequence <= target)?;
             self.cursor = target;
             self.buffer.clear();
-            batch.put(Table::WebhookCursors, self.id.to_bytes().to_vec(), &self.cursor);
+            batch.put(
+                Table::WebhookCursors,
+                self.id.to_bytes().to_vec(),
+                &self.cursor,
+            );
         }
         self.apply_drops(batch, 0, dropped, "outbox full: oldest deliveries dropped");
         self.persisted_cursor = self.cursor;
@@ -779,10 +808,19 @@ impl Worker {
         if let Some(seq) = newest_old {
             self.cursor = seq;
             self.buffer.clear();
-            batch.put(Table::WebhookCursors, self.id.to_bytes().to_vec(), &self.cursor);
+            batch.put(
+                Table::WebhookCursors,
+                self.id.to_bytes().to_vec(),
+                &self.cursor,
+            );
         }
         if dropped > 0 || newest_old.is_some() {
-            self.apply_drops(batch, dropped, 0, "outbox retention: old deliveries dropped");
+            self.apply_drops(
+                batch,
+                dropped,
+                0,
+                "outbox retention: old deliveries dropped",
+            );
             self.persisted_cursor = self.cursor;
         }
         Ok(())
@@ -792,7 +830,10 @@ impl Worker {
         let key = delivery_key(self.id, seq);
         self.retries.remove(&seq);
         batch.delete(Table::WebhookRetries, key.clone());
-        if let Some(mut d) = self.store().get::<DeliveryRecord>(Table::Deliveries, &key)? {
+        if let Some(mut d) = self
+            .store()
+            .get::<DeliveryRecord>(Table::Deliveries, &key)?
+        {
             d.status = DeliveryStatus::Dropped;
             d.next_attempt_at = None;
             d.error = Some(why.to_string());
@@ -811,9 +852,9 @@ impl Worker {
         let mut count = 0;
         let mut after = from;
         loop {
-            let rows = self
-                .store()
-                .scan_from::<EventRecord>(Table::Events, &after.to_be_bytes(), 1000)?;
+            let rows =
+                self.store()
+                    .scan_from::<EventRecord>(Table::Events, &after.to_be_bytes(), 1000)?;
             if rows.is_empty() {
                 return Ok(count);
             }
@@ -834,7 +875,9 @@ impl Worker {
         counters
             .dropped_retention
             .fetch_add(retention, Ordering::Relaxed);
-        counters.dropped_outbox_full.fetch_add(full, Ordering::Relaxed);
+        counters
+            .dropped_outbox_full
+            .fetch_add(full, Ordering::Relaxed);
         let totals = (
             counters.dropped_retention.load(Ordering::Relaxed),
             counters.dropped_outbox_full.load(Ordering::Relaxed),
@@ -863,9 +906,12 @@ impl Worker {
             .count_prefix(Table::Deliveries, &prefix)
             .saturating_sub(cfg.max_outbox as usize);
         loop {
-            let rows = self
-                .store()
-                .scan_prefix::<DeliveryRecord>(Table::Deliveries, &prefix, None, 1000)?;
+            let rows = self.store().scan_prefix::<DeliveryRecord>(
+                Table::Deliveries,
+                &prefix,
+                None,
+                1000,
+            )?;
             let mut batch = Batch::new();
             let mut done = true;
             for (key, d) in &rows {

@@ -18,7 +18,10 @@ fn only_http_and_https_urls_without_credentials_are_accepted() {
     assert!(!url_ok(&config, "https://user:pw@hooks.example.com/"));
     assert!(!url_ok(&config, "hooks.example.com/path"));
     assert!(!url_ok(&config, ""));
-    assert!(!url_ok(&config, &format!("https://a.example/{}", "x".repeat(3000))));
+    assert!(!url_ok(
+        &config,
+        &format!("https://a.example/{}", "x".repeat(3000))
+    ));
 }
 
 #[test]
@@ -40,15 +43,26 @@ fn event_filters_take_known_names_or_a_star() {
     let mut checks = Checks::new();
     let events = check_events(
         &mut checks,
-        &["patch.failed".into(), "patch.failed".into(), "device.online".into()],
+        &[
+            "patch.failed".into(),
+            "patch.failed".into(),
+            "device.online".into(),
+        ],
     );
     assert!(checks.finish().is_ok());
     assert_eq!(events, ["patch.failed", "device.online"]);
 
     let mut checks = Checks::new();
-    assert_eq!(check_events(&mut checks, &["*".into(), "patch.failed".into()]), ["*"]);
+    assert_eq!(
+        check_events(&mut checks, &["*".into(), "patch.failed".into()]),
+        ["*"]
+    );
 
-    for bad in [vec![], vec!["patch.exploded".to_string()], vec!["webhook.test".into()]] {
+    for bad in [
+        vec![],
+        vec!["patch.exploded".to_string()],
+        vec!["webhook.test".into()],
+    ] {
         let mut checks = Checks::new();
         check_events(&mut checks, &bad);
         assert!(checks.finish().is_err(), "{bad:?} must be refused");
@@ -100,7 +114,10 @@ fn a_test_event_goes_only_to_its_own_webhook() {
 #[test]
 fn the_previous_secret_signs_only_during_its_grace_period() {
     let r = record(&["*"]);
-    assert_eq!(r.signing_secrets(Timestamp(99)), ["whsec_current", "whsec_old"]);
+    assert_eq!(
+        r.signing_secrets(Timestamp(99)),
+        ["whsec_current", "whsec_old"]
+    );
     assert_eq!(r.signing_secrets(Timestamp(100)), ["whsec_current"]);
     let shown = format!("{r:?}");
     assert!(!shown.contains("whsec_current") && !shown.contains("whsec_old"));

@@ -44,7 +44,13 @@ fn dir_bytes(path: &Path) -> u64 {
         .sum()
 }
 
-async fn call(client: &reqwest::Client, relay: &RelayProcess, method: reqwest::Method, path: &str, body: Value) -> anyhow::Result<Value> {
+async fn call(
+    client: &reqwest::Client,
+    relay: &RelayProcess,
+    method: reqwest::Method,
+    path: &str,
+    body: Value,
+) -> anyhow::Result<Value> {
     let r = client
         .request(method, format!("{}{path}", relay.base_url))
         .bearer_auth(&relay.admin_key)
@@ -74,7 +80,12 @@ async fn main() -> anyhow::Result<()> {
     .to_string();
     let started = Instant::now();
     for _ in 0..args.bare {
-        let r = client.post(rx.url("/bare")).header("content-type", "application/json").body(body.clone()).send().await?;
+        let r = client
+            .post(rx.url("/bare"))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await?;
         anyhow::ensure!(r.status() == 200, "bare POST answered {}", r.status());
     }
     let bare_rate = args.bare as f64 / started.elapsed().as_secs_f64();
@@ -85,8 +96,18 @@ async fn main() -> anyhow::Result<()> {
     )?;
     let api = reqwest::Client::new();
     let closed = format!("http://127.0.0.1:{}/hook", free_port()?);
-    let created = call(&api, &relay, reqwest::Method::POST, "/api/webhooks", json!({"url": closed, "events": ["*"]})).await?;
-    let id = created["webhook_id"].as_str().context("webhook id")?.to_string();
+    let created = call(
+        &api,
+        &relay,
+        reqwest::Method::POST,
+        "/api/webhooks",
+        json!({"url": closed, "events": ["*"]}),
+    )
+    .await?;
+    let id = created["webhook_id"]
+        .as_str()
+        .context("webhook id")?
+        .to_string();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_before = relay.rss_kib().unwrap_or(0);
     let disk_before = dir_bytes(&relay.data_dir());
@@ -104,7 +125,12 @@ async fn main() -> anyhow::Result<()> {
         );
         producers.push(tokio::spawn(async move {
             while next.fetch_add(1, Ordering::SeqCst) < total {
-                let r = api.post(&url).bearer_auth(&key).json(&json!({})).send().await?;
+                let r = api
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .json(&json!({}))
+                    .send()
+                    .await?;
                 anyhow::ensure!(r.status() == 202, "test event answered {}", r.status());
             }
             Ok(())
@@ -115,26 +141,67 @@ async fn main() -> anyhow::Result<()> {
     }
     let queue_rate = args.events as f64 / queued.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let info = call(&api, &relay, reqwest::Method::GET, "/api/relay", Value::Null).await;
-    let depth = info.as_ref().map(|i| i["webhooks"]["outbox_depth"].clone()).unwrap_or_default();
+    let info = call(
+        &api,
+        &relay,
+        reqwest::Method::GET,
+        "/api/relay",
+        Value::Null,
+    )
+    .await;
+    let depth = info
+        .as_ref()
+        .map(|i| i["webhooks"]["outbox_depth"].clone())
+        .unwrap_or_default();
     let rss_queued = relay.rss_kib().unwrap_or(0);
     let disk_queued = dir_bytes(&relay.data_dir());
 
     // 3. The endpoint comes up: drain the backlog.
     let drained = Instant::now();
-    call(&api, &relay, reqwest::Method::PATCH, &format!("/api/webhooks/{id}"), json!({"url": rx.url("/hook")})).await?;
+    call(
+        &api,
+        &relay,
+        reqwest::Method::PATCH,
+        &format!("/api/webhooks/{id}"),
+        json!({"url": rx.url("/hook")}),
+    )
+    .await?;
     let all = rx
-        .wait_until(Duration::from_secs(1800), |r| r.iter().filter(|x| x.event == "webhook.test").count() >= args.events)
+        .wait_until(Duration::from_secs(1800), |r| {
+            r.iter().filter(|x| x.event == "webhook.test").count() >= args.events
+        })
         .await;
-    anyhow::ensure!(all, "only {} of {} deliveries arrived", rx.count() - args.bare, args.events);
+    anyhow::ensure!(
+        all,
+        "only {} of {} deliveries arrived",
+        rx.count() - args.bare,
+        args.events
+    );
     let delivery_rate = args.events as f64 / drained.elapsed().as_secs_f64();
     let rss_after = relay.rss_kib().unwrap_or(0);
 
-    println!("bare HTTP POSTs (one in flight):   {bare_rate:>9.0} /s  ({} requests)", args.bare);
-    println!("signed webhook deliveries:         {delivery_rate:>9.0} /s  ({} events, {:.0} % of bare)", args.events, 100.0 * delivery_rate / bare_rate);
-    println!("events queued through the API:     {queue_rate:>9.0} /s  ({} producers, durable acks)", args.producers);
+    println!(
+        "bare HTTP POSTs (one in flight):   {bare_rate:>9.0} /s  ({} requests)",
+        args.bare
+    );
+    println!(
+        "signed webhook deliveries:         {delivery_rate:>9.0} /s  ({} events, {:.0} % of bare)",
+        args.events,
+        100.0 * delivery_rate / bare_rate
+    );
+    println!(
+        "events queued through the API:     {queue_rate:>9.0} /s  ({} producers, durable acks)",
+        args.producers
+    );
     println!("outbox depth reported:             {depth}");
     println!("relay RSS:    before {rss_before} KiB, {} events queued {rss_queued} KiB (+{} KiB), after drain {rss_after} KiB", args.events, rss_queued.saturating_sub(rss_before));
-    println!("data dir:     before {} KiB, {} events queued {} KiB (+{} KiB, {:.0} B/event)", disk_before / 1024, args.events, disk_queued / 1024, disk_queued.saturating_sub(disk_before) / 1024, disk_queued.saturating_sub(disk_before) as f64 / args.events as f64);
+    println!(
+        "data dir:     before {} KiB, {} events queued {} KiB (+{} KiB, {:.0} B/event)",
+        disk_before / 1024,
+        args.events,
+        disk_queued / 1024,
+        disk_queued.saturating_sub(disk_before) / 1024,
+        disk_queued.saturating_sub(disk_before) as f64 / args.events as f64
+    );
     Ok(())
 }
