@@ -201,6 +201,28 @@ pub fn key_sequence(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(tail))
 }
 
+/// The oldest event sequence some webhook still has to deliver (its first
+/// retry, or the event after its cursor). The event log's retention keeps
+/// these: the outbox drops them itself, counting what it drops.
+///
+/// # Errors
+/// A storage failure.
+pub fn oldest_needed_sequence(store: &crate::store::Store) -> Result<Option<u64>, crate::store::StoreError> {
+    let mut oldest: Option<u64> = None;
+    for (key, cursor) in store.scan::<u64>(Table::WebhookCursors)? {
+        let mut needed = cursor.saturating_add(1);
+        if let Some((retry, _)) = store
+            .scan_prefix::<RetryEntry>(Table::WebhookRetries, &key, None, 1)?
+            .into_iter()
+            .next()
+        {
+            needed = needed.min(key_sequence(&retry).unwrap_or(needed));
+        }
+        oldest = Some(oldest.map_or(needed, |o| o.min(needed)));
+    }
+    Ok(oldest)
+}
+
 /// `POST /api/webhooks` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

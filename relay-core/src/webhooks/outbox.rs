@@ -19,7 +19,7 @@
 //! dropping an attempt in flight; either way the store holds a state from
 //! which the next start redelivers what was not recorded as done.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -196,9 +196,14 @@ pub async fn run(relay: Arc<Relay>, mut stop: watch::Receiver<bool>) {
     };
     let mut loops = tokio::task::JoinSet::new();
     let worker_stop = stop.clone();
-    let spawn = |loops: &mut tokio::task::JoinSet<()>, id: WebhookId| {
-        let worker = Worker::new(relay.clone(), id, client.clone(), worker_stop.clone());
-        loops.spawn(worker.run());
+    // A webhook created while this starts is both stored and announced:
+    // one loop each, never two.
+    let mut started = HashSet::new();
+    let mut spawn = |loops: &mut tokio::task::JoinSet<()>, id: WebhookId| {
+        if started.insert(id) {
+            let worker = Worker::new(relay.clone(), id, client.clone(), worker_stop.clone());
+            loops.spawn(worker.run());
+        }
     };
     match relay.store.keys(Table::Webhooks) {
         Ok(keys) => {

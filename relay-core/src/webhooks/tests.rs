@@ -1,4 +1,5 @@
 use super::*;
+use crate::clock::Clock;
 use crate::config::WebhooksConfig;
 
 fn url_ok(config: &WebhooksConfig, url: &str) -> bool {
@@ -130,4 +131,89 @@ fn delivery_keys_sort_by_webhook_then_sequence() {
     let b = delivery_key(id, 10);
     assert!(a < b);
     assert_eq!(key_sequence(&b), Some(10));
+}
+
+/// A relay on a temporary store with a manual clock.
+fn relay_at(dir: &std::path::Path, clock: &Clock) -> std::sync::Arc<Relay> {
+    let mut config = crate::RelayConfig::default();
+    config.store.data_dir = dir.to_path_buf();
+    config.webhooks.probe_interval_s = 1;
+    Relay::open(config, clock.clone()).expect("the relay opens")
+}
+
+fn closed_port_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    format!("http://127.0.0.1:{port}/hook")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undelivered_events_past_retention_are_dropped_and_counted_across_restarts() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Clock::manual(Timestamp(1_800_000_000));
+    {
+        let relay = relay_at(dir.path(), &clock);
+        let webhook = NewWebhook {
+            url: closed_port_url(),
+            events: vec!["*".into()],
+            description: String::new(),
+        };
+        let id = relay.create_webhook(webhook).await.expect("created").record.webhook_id;
+        for _ in 0..3 {
+            relay.queue_webhook_test(id).await.expect("queued");
+        }
+        clock.advance(31 * Timestamp::SECONDS_PER_DAY);
+
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let outbox = tokio::spawn(outbox::run(relay.clone(), stop_rx));
+        let counters = &relay.webhooks.counters;
+        for _ in 0..100 {
+            if counters.dropped_retention.load(Ordering::Relaxed) == 3 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(counters.dropped_retention.load(Ordering::Relaxed), 3);
+        assert_eq!(counters.dropped_outbox_full.load(Ordering::Relaxed), 0);
+        assert_eq!(relay.webhooks.backlog(id), 0);
+        let _ = stop_tx.send(true);
+        outbox.await.expect("the outbox stops");
+        relay.store.sync_now().await.expect("sync");
+    }
+    let reopened = relay_at(dir.path(), &clock);
+    assert_eq!(
+        reopened
+            .webhooks
+            .counters
+            .dropped_retention
+            .load(std::sync::atomic::Ordering::Relaxed),
+        3,
+        "drop totals survive a restart"
+    );
+}
+
+#[tokio::test]
+async fn sequences_never_restart_after_the_event_log_is_emptied() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Clock::manual(Timestamp(1_800_000_000));
+    {
+        let relay = relay_at(dir.path(), &clock);
+        let webhook = NewWebhook {
+            url: closed_port_url(),
+            events: vec!["*".into()],
+            description: String::new(),
+        };
+        let id = relay.create_webhook(webhook).await.expect("created").record.webhook_id;
+        let event = relay.queue_webhook_test(id).await.expect("queued");
+        assert_eq!(event.sequence, 1);
+        let mut batch = Batch::new();
+        batch.delete(Table::Events, 1u64.to_be_bytes().to_vec());
+        relay.store.writer().apply(batch).expect("pruned");
+        relay.store.sync_now().await.expect("sync");
+    }
+    let relay = relay_at(dir.path(), &clock);
+    let id = relay.webhook_page(None, 1).expect("list").0[0].webhook_id;
+    let event = relay.queue_webhook_test(id).await.expect("queued");
+    assert_eq!(event.sequence, 2, "a cursor at 1 must still see the next event");
 }
