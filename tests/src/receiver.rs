@@ -18,7 +18,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
 
 /// How the receiver answers one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +105,6 @@ struct Inner {
     script: Mutex<VecDeque<Reply>>,
     log: Option<Mutex<std::fs::File>>,
     started: Instant,
-    arrived: Notify,
 }
 
 /// A running receiver; clones share it.
@@ -138,7 +136,6 @@ impl Receiver {
             script: Mutex::new(VecDeque::new()),
             log,
             started: Instant::now(),
-            arrived: Notify::new(),
         });
         let receiver = Self {
             addr: listener.local_addr()?,
@@ -184,18 +181,26 @@ impl Receiver {
     }
 
     /// Waits until `pred` holds over the receipts, or `timeout` passes.
+    /// Checks every 50 ms (not per arrival, so that a large backlog does
+    /// not make the waiting quadratic), under the lock, without copying.
     pub async fn wait_until(&self, timeout: Duration, pred: impl Fn(&[Receipt]) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
-            let arrived = self.inner.arrived.notified();
-            if pred(&self.receipts()) {
-                return true;
+            {
+                let receipts = self
+                    .inner
+                    .receipts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if pred(&receipts) {
+                    return true;
+                }
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return false;
             }
-            let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), arrived).await;
+            tokio::time::sleep(left.min(Duration::from_millis(50))).await;
         }
     }
 
@@ -270,7 +275,6 @@ impl Receiver {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(receipt);
-        self.inner.arrived.notify_waiters();
     }
 }
 

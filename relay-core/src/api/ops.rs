@@ -45,7 +45,9 @@ pub async fn relay_info(State(relay): State<AppState>) -> Json<serde_json::Value
 }
 
 fn webhook_info(relay: &crate::relay::Relay) -> serde_json::Value {
-    let stats = relay.webhooks.stats();
+    let stats = relay
+        .webhooks
+        .stats(relay.store.last_event_sequence_applied());
     let c = &relay.webhooks.counters;
     // The uplink as the outbox sees it: down when every webhook's endpoint
     // is unreachable, unknown with no webhook to tell.
@@ -172,7 +174,9 @@ pub async fn metrics(State(relay): State<AppState>, req: Request) -> Response {
                 .load(Ordering::Relaxed),
         ),
     ];
-    let outbox = relay.webhooks.stats();
+    let outbox = relay
+        .webhooks
+        .stats(relay.store.last_event_sequence_applied());
     let gauges = [
         (
             "patchpilot_devices",

@@ -40,7 +40,9 @@ fn view(relay: &Relay, w: &WebhookRecord) -> serde_json::Value {
         "previous_secret_expires_at": w.previous_secret_expires_at
             .filter(|t| *t > relay.clock.now()),
         "endpoint_reachable": !relay.webhooks.unreachable(w.webhook_id),
-        "backlog": relay.webhooks.backlog(w.webhook_id),
+        "backlog": relay
+            .webhooks
+            .backlog(w.webhook_id, relay.store.last_event_sequence_applied()),
     })
 }
 

@@ -207,7 +207,9 @@ pub fn key_sequence(key: &[u8]) -> Option<u64> {
 ///
 /// # Errors
 /// A storage failure.
-pub fn oldest_needed_sequence(store: &crate::store::Store) -> Result<Option<u64>, crate::store::StoreError> {
+pub fn oldest_needed_sequence(
+    store: &crate::store::Store,
+) -> Result<Option<u64>, crate::store::StoreError> {
     let mut oldest: Option<u64> = None;
     for (key, cursor) in store.scan::<u64>(Table::WebhookCursors)? {
         let mut needed = cursor.saturating_add(1);

@@ -62,7 +62,7 @@ pub struct OutboxCounters {
 #[derive(Default)]
 struct WorkerHandle {
     notify: Notify,
-    backlog: AtomicU64,
+    cursor: AtomicU64,
     retrying: AtomicU64,
     unreachable: AtomicBool,
 }
@@ -83,6 +83,15 @@ pub struct WebhookHub {
     spawn_tx: mpsc::UnboundedSender<WebhookId>,
     spawn_rx: Mutex<Option<mpsc::UnboundedReceiver<WebhookId>>>,
     pub counters: OutboxCounters,
+}
+
+// === impl WorkerHandle ===
+
+impl WorkerHandle {
+    fn backlog(&self, last_sequence: u64) -> u64 {
+        last_sequence.saturating_sub(self.cursor.load(Ordering::Relaxed))
+            + self.retrying.load(Ordering::Relaxed)
+    }
 }
 
 // === impl WebhookHub ===
@@ -136,20 +145,20 @@ impl WebhookHub {
             .is_some_and(|h| h.unreachable.load(Ordering::Relaxed))
     }
 
-    /// Events waiting for the webhook (queued plus retrying).
-    pub fn backlog(&self, id: WebhookId) -> u64 {
-        self.lock()
-            .get(&id)
-            .map_or(0, |h| h.backlog.load(Ordering::Relaxed))
+    /// Events waiting for the webhook (queued plus retrying), given the
+    /// last event sequence recorded.
+    pub fn backlog(&self, id: WebhookId, last_sequence: u64) -> u64 {
+        self.lock().get(&id).map_or(0, |h| h.backlog(last_sequence))
     }
 
-    pub fn stats(&self) -> OutboxStats {
+    /// Totals, given the last event sequence recorded.
+    pub fn stats(&self, last_sequence: u64) -> OutboxStats {
         let handles = self.lock();
         let mut stats = OutboxStats::default();
         for h in handles.values() {
             stats.webhooks += 1;
             stats.unreachable += u64::from(h.unreachable.load(Ordering::Relaxed));
-            stats.depth += h.backlog.load(Ordering::Relaxed);
+            stats.depth += h.backlog(last_sequence);
             stats.retrying += h.retrying.load(Ordering::Relaxed);
         }
         stats
@@ -392,12 +401,8 @@ impl Worker {
     }
 
     fn publish(&self) {
-        let last = self.store().last_event_sequence_applied();
         let retrying = self.retries.len() as u64;
-        self.handle.backlog.store(
-            last.saturating_sub(self.cursor) + retrying,
-            Ordering::Relaxed,
-        );
+        self.handle.cursor.store(self.cursor, Ordering::Relaxed);
         self.handle.retrying.store(retrying, Ordering::Relaxed);
         self.handle
             .unreachable

@@ -25,6 +25,9 @@ struct Args {
     /// Bare POSTs for the baseline.
     #[arg(long, default_value_t = 10_000)]
     bare: usize,
+    /// The relay's sled cache (`store.cache_capacity_mib`; default 16).
+    #[arg(long, default_value_t = 16)]
+    cache_mib: u64,
     /// Concurrent producers queuing events.
     #[arg(long, default_value_t = 32)]
     producers: usize,
@@ -91,9 +94,10 @@ async fn main() -> anyhow::Result<()> {
     let bare_rate = args.bare as f64 / started.elapsed().as_secs_f64();
 
     // 2. A relay whose webhook cannot reach its endpoint yet.
-    let relay = RelayProcess::start(
-        "[limits]\nread_per_minute = 1000000\nread_burst = 100000\nwrite_per_minute = 1000000\nwrite_burst = 100000\n[events]\nmax_events = 1000000\n",
-    )?;
+    let relay = RelayProcess::start(&format!(
+        "[limits]\nread_per_minute = 1000000\nread_burst = 100000\nwrite_per_minute = 1000000\nwrite_burst = 100000\n[events]\nmax_events = 1000000\n[store]\ncache_capacity_mib = {}\n",
+        args.cache_mib
+    ))?;
     let api = reqwest::Client::new();
     let closed = format!("http://127.0.0.1:{}/hook", free_port()?);
     let created = call(
@@ -193,7 +197,10 @@ async fn main() -> anyhow::Result<()> {
         "events queued through the API:     {queue_rate:>9.0} /s  ({} producers, durable acks)",
         args.producers
     );
-    println!("outbox depth reported:             {depth}");
+    println!(
+        "outbox depth reported:             {depth}  (sled cache {} MiB)",
+        args.cache_mib
+    );
     println!("relay RSS:    before {rss_before} KiB, {} events queued {rss_queued} KiB (+{} KiB), after drain {rss_after} KiB", args.events, rss_queued.saturating_sub(rss_before));
     println!(
         "data dir:     before {} KiB, {} events queued {} KiB (+{} KiB, {:.0} B/event)",
