@@ -53,6 +53,10 @@ pub async fn run(config: RelayConfig) -> anyhow::Result<()> {
     servers.push(control_socket(&relay, &config, stop_rx.clone())?);
     let presence = tokio::spawn(relay_core::presence::run(relay.clone(), stop_rx.clone()));
     let mdns = start_discovery(&relay, http_port, stop_rx.clone())?;
+    let outbox = tokio::spawn(relay_core::webhooks::outbox::run(
+        relay.clone(),
+        stop_rx.clone(),
+    ));
     let tasks = tokio::spawn(relay_core::tasks::run(relay.clone(), stop_rx));
 
     let watchdog = crate::systemd::spawn_watchdog(stop_tx.subscribe());
@@ -79,6 +83,7 @@ pub async fn run(config: RelayConfig) -> anyhow::Result<()> {
         }
         let _ = tasks.await;
         let _ = presence.await;
+        let _ = outbox.await;
     })
     .await;
     if drained.is_err() {

@@ -36,6 +36,7 @@ pub struct RelayConfig {
     pub vulnerabilities: VulnerabilitiesConfig,
     pub events: EventsConfig,
     pub discovery: DiscoveryConfig,
+    pub webhooks: WebhooksConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -341,6 +342,53 @@ impl Default for DiscoveryConfig {
     }
 }
 
+/// The webhook outbox. Destinations are checked against `allow_hosts` and
+/// `deny_hosts`; a pattern is a host name or address, or `*.example.com`
+/// for every name under a domain.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Undelivered events older than this are dropped (and counted).
+    /// Default 30; at most `events.retention_days`.
+    pub retention_days: i64,
+    /// Events a webhook may have waiting (queued plus retrying); past it
+    /// the oldest are dropped and counted. Default 200000; at most
+    /// `events.max_events`.
+    pub max_outbox: u64,
+    /// How often an unreachable endpoint is probed with a TCP connect,
+    /// in seconds. Default 5.
+    pub probe_interval_s: u64,
+    /// The first retry delay, in seconds; it doubles per attempt. Default 10.
+    pub retry_base_s: u64,
+    /// The longest retry delay, in seconds. Default 3600.
+    pub retry_cap_s: u64,
+    /// A delivery not answered 2xx within this many seconds failed.
+    /// Default 10.
+    pub timeout_s: u64,
+    /// At most this many webhooks. Default 50.
+    pub max_webhooks: usize,
+    /// When not empty, only these hosts may receive webhooks.
+    pub allow_hosts: Vec<String>,
+    /// These hosts never receive webhooks (checked after `allow_hosts`).
+    pub deny_hosts: Vec<String>,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            retention_days: 30,
+            max_outbox: 200_000,
+            probe_interval_s: 5,
+            retry_base_s: 10,
+            retry_cap_s: 3600,
+            timeout_s: 10,
+            max_webhooks: 50,
+            allow_hosts: Vec::new(),
+            deny_hosts: Vec::new(),
+        }
+    }
+}
+
 impl DiscoveryConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         match &self.interfaces {
@@ -398,6 +446,59 @@ impl DiscoveryConfig {
         in_range("discovery.queue", self.queue as i64, 16, 1_000_000)?;
         Ok(())
     }
+}
+
+impl WebhooksConfig {
+    fn validate(&self, events: &EventsConfig) -> Result<(), ConfigError> {
+        in_range(
+            "webhooks.retention_days",
+            self.retention_days,
+            1,
+            events.retention_days,
+        )?;
+        in_range(
+            "webhooks.max_outbox",
+            self.max_outbox as i64,
+            1,
+            events.max_events as i64,
+        )?;
+        in_range(
+            "webhooks.probe_interval_s",
+            self.probe_interval_s as i64,
+            1,
+            300,
+        )?;
+        in_range("webhooks.retry_base_s", self.retry_base_s as i64, 1, 3600)?;
+        in_range(
+            "webhooks.retry_cap_s",
+            self.retry_cap_s as i64,
+            self.retry_base_s as i64,
+            86_400,
+        )?;
+        in_range("webhooks.timeout_s", self.timeout_s as i64, 1, 60)?;
+        in_range("webhooks.max_webhooks", self.max_webhooks as i64, 1, 1000)?;
+        for (key, list) in [
+            ("webhooks.allow_hosts", &self.allow_hosts),
+            ("webhooks.deny_hosts", &self.deny_hosts),
+        ] {
+            if let Some(bad_pattern) = list.iter().find(|p| !valid_host_pattern(p)) {
+                return Err(bad(
+                    key,
+                    format!("`{bad_pattern}` is not a host name, address or *.domain"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn valid_host_pattern(pattern: &str) -> bool {
+    let body = pattern.strip_prefix("*.").unwrap_or(pattern);
+    !body.is_empty()
+        && body.len() <= 253
+        && body
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
 }
 
 impl RelayConfig {
@@ -478,6 +579,7 @@ impl RelayConfig {
             100,
             100_000_000,
         )?;
+        self.webhooks.validate(&self.events)?;
         Ok(())
     }
 }

@@ -24,6 +24,7 @@ pub mod relay;
 pub mod store;
 pub mod tasks;
 pub mod vulns;
+pub mod webhooks;
 
 pub use config::RelayConfig;
 pub use relay::{Lifecycle, Relay};

@@ -68,6 +68,7 @@ pub struct Relay {
     pub goodbyes: crate::presence::Goodbyes,
     /// What discovery remembers between announcements.
     pub discovery: crate::discovery::DiscoveryState,
+    pub webhooks: crate::webhooks::WebhookHub,
     lifecycle: AtomicU8,
 }
 
@@ -108,6 +109,7 @@ impl Relay {
             metrics: Metrics::default(),
             goodbyes: Default::default(),
             discovery: Default::default(),
+            webhooks: crate::webhooks::WebhookHub::load(&store)?,
             lifecycle: AtomicU8::new(Lifecycle::Starting as u8),
             config,
             clock,

@@ -72,13 +72,17 @@ pub fn prune_events(relay: &Relay) -> Result<usize, crate::error::RelayError> {
     let count = relay.store.len(Table::Events) as u64;
     let over = count.saturating_sub(cfg.max_events) as usize;
     let mut writer = relay.store.writer();
+    // Retention never takes an event a webhook still has to deliver; the
+    // outbox applies its own retention to those and counts what it drops.
+    let needed = crate::webhooks::oldest_needed_sequence(writer.store())?;
     let oldest = writer
         .store()
         .scan_from::<EventRecord>(Table::Events, &[], over.max(1000))?;
     let mut batch = Batch::new();
     let mut pruned = 0;
     for (i, (key, event)) in oldest.into_iter().enumerate() {
-        if i < over || event.occurred_at < cutoff {
+        let waiting = needed.is_some_and(|n| event.sequence >= n);
+        if i < over || (event.occurred_at < cutoff && !waiting) {
             batch.delete(Table::Events, key);
             pruned += 1;
         } else {

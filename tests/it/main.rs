@@ -9,3 +9,6 @@ mod crash;
 mod errors;
 mod mdns;
 mod support;
+mod webhook_crash;
+mod webhook_netns;
+mod webhooks;

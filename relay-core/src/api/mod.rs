@@ -4,7 +4,7 @@
 //! | route | purpose |
 //! | --- | --- |
 //! | `GET /healthz`, `GET /readyz`, `GET /metrics` | liveness, readiness, Prometheus |
-//! | `GET /api/relay` | relay id, version, uptime, event log depth |
+//! | `GET /api/relay` | relay id, version, uptime, event log depth, webhook outbox |
 //! | `GET /api/devices`, `GET /api/devices/:id` | the fleet |
 //! | `GET /api/discovered` | agents heard over mDNS that match no enrolled device |
 //! | `GET /api/vulnerabilities` | CVEs open on the fleet |
@@ -13,6 +13,9 @@
 //! | `GET/POST /api/patch-exclusions`, `GET/DELETE /api/patch-exclusions/:id` | exclusions |
 //! | `GET/POST /api/keys`, `DELETE /api/keys/:id` | API keys |
 //! | `GET/POST /api/users`, `POST /api/users/:id/disable` | users |
+//! | `GET/POST /api/webhooks`, `GET/PATCH/DELETE /api/webhooks/:id` | webhooks |
+//! | `POST /api/webhooks/:id/rotate-secret`, `POST /api/webhooks/:id/test` | secret rotation, test event |
+//! | `GET /api/webhooks/:id/deliveries` | a webhook's deliveries and attempts |
 //! | `POST /agent/v1/enroll`, `POST /agent/v1/checkin` | agents |
 
 mod accounts;
@@ -27,6 +30,7 @@ mod ops;
 pub mod problem;
 mod reboots;
 mod vulns;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,6 +88,25 @@ pub fn router(relay: Arc<Relay>) -> Router {
             get(accounts::users_list).post(accounts::users_create),
         )
         .route("/users/{user_id}/disable", post(accounts::users_disable))
+        .route(
+            "/webhooks",
+            get(webhooks::webhooks_list).post(webhooks::webhooks_create),
+        )
+        .route(
+            "/webhooks/{webhook_id}",
+            get(webhooks::webhooks_get)
+                .patch(webhooks::webhooks_update)
+                .delete(webhooks::webhooks_delete),
+        )
+        .route(
+            "/webhooks/{webhook_id}/rotate-secret",
+            post(webhooks::webhooks_rotate_secret),
+        )
+        .route("/webhooks/{webhook_id}/test", post(webhooks::webhooks_test))
+        .route(
+            "/webhooks/{webhook_id}/deliveries",
+            get(webhooks::webhooks_deliveries),
+        )
         .fallback(middleware::not_found)
         .layer(axum::middleware::from_fn_with_state(
             relay.clone(),

@@ -43,7 +43,37 @@ pub async fn relay_info(State(relay): State<AppState>) -> Json<serde_json::Value
         "store_bytes": relay.store.size_on_disk(),
         "update_sets": relay.store.len(Table::UpdateSets),
         "updates_stored": relay.store.len(Table::Updates),
+        "webhooks": webhook_info(&relay),
     }))
+}
+
+fn webhook_info(relay: &crate::relay::Relay) -> serde_json::Value {
+    let stats = relay
+        .webhooks
+        .stats(relay.store.last_event_sequence_applied());
+    let c = &relay.webhooks.counters;
+    // The uplink as the outbox sees it: down when every webhook's endpoint
+    // is unreachable, unknown with no webhook to tell.
+    let uplink = match (stats.webhooks, stats.unreachable) {
+        (0, _) => "unknown",
+        (n, u) if u == n => "down",
+        (_, 0) => "up",
+        _ => "partial",
+    };
+    serde_json::json!({
+        "count": stats.webhooks,
+        "uplink": uplink,
+        "endpoints_unreachable": stats.unreachable,
+        "outbox_depth": stats.depth,
+        "retrying": stats.retrying,
+        "delivered": c.delivered.load(Ordering::Relaxed),
+        "attempts_failed": c.attempts_failed.load(Ordering::Relaxed),
+        "deliveries_failed": c.deliveries_failed.load(Ordering::Relaxed),
+        "dropped": {
+            "retention": c.dropped_retention.load(Ordering::Relaxed),
+            "outbox_full": c.dropped_outbox_full.load(Ordering::Relaxed),
+        },
+    })
 }
 
 pub async fn metrics(State(relay): State<AppState>, req: Request) -> Response {
@@ -130,7 +160,51 @@ pub async fn metrics(State(relay): State<AppState>, req: Request) -> Response {
             "Group-commit fsync rounds.",
             relay.store.flushes(),
         ),
+        (
+            "patchpilot_webhook_deliveries_succeeded_total",
+            "Webhook deliveries answered 2xx.",
+            relay.webhooks.counters.delivered.load(Ordering::Relaxed),
+        ),
+        (
+            "patchpilot_webhook_attempts_failed_total",
+            "Webhook attempts that failed and were scheduled for a retry.",
+            relay
+                .webhooks
+                .counters
+                .attempts_failed
+                .load(Ordering::Relaxed),
+        ),
+        (
+            "patchpilot_webhook_deliveries_failed_total",
+            "Webhook deliveries failed for good (4xx).",
+            relay
+                .webhooks
+                .counters
+                .deliveries_failed
+                .load(Ordering::Relaxed),
+        ),
+        (
+            "patchpilot_webhook_deliveries_dropped_retention_total",
+            "Undelivered webhook deliveries dropped past the retention.",
+            relay
+                .webhooks
+                .counters
+                .dropped_retention
+                .load(Ordering::Relaxed),
+        ),
+        (
+            "patchpilot_webhook_deliveries_dropped_outbox_full_total",
+            "Undelivered webhook deliveries dropped past the outbox size.",
+            relay
+                .webhooks
+                .counters
+                .dropped_outbox_full
+                .load(Ordering::Relaxed),
+        ),
     ];
+    let outbox = relay
+        .webhooks
+        .stats(relay.store.last_event_sequence_applied());
     let gauges = [
         (
             "patchpilot_devices",
@@ -166,6 +240,16 @@ pub async fn metrics(State(relay): State<AppState>, req: Request) -> Response {
             "patchpilot_discovered",
             "Unknown agents listed in /api/discovered.",
             relay.store.len(Table::Discovered) as u64,
+        ),
+        (
+            "patchpilot_webhook_outbox_depth",
+            "Events waiting for webhook delivery, over all webhooks.",
+            outbox.depth,
+        ),
+        (
+            "patchpilot_webhook_endpoints_unreachable",
+            "Webhooks whose endpoint cannot be reached now.",
+            outbox.unreachable,
         ),
         (
             "patchpilot_uptime_seconds",

@@ -14,6 +14,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::watch;
 
 pub use backup::{
     restore_backup, verify_backup, BackupError, BackupHeader, BackupSummary, FORMAT_VERSION,
@@ -26,6 +27,8 @@ use crate::ids::EventId;
 
 /// The layout version of every record written by this release.
 pub const RECORD_VERSION: u8 = 1;
+
+const META_LAST_SEQUENCE: &[u8] = b"last_event_sequence";
 
 /// The named trees of the store. Each holds one kind of record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +56,10 @@ pub enum Table {
     Kev,
     Presence,
     Discovered,
+    Webhooks,
+    WebhookCursors,
+    WebhookRetries,
+    Deliveries,
 }
 
 impl Table {
@@ -80,6 +87,10 @@ impl Table {
         Table::Kev,
         Table::Presence,
         Table::Discovered,
+        Table::Webhooks,
+        Table::WebhookCursors,
+        Table::WebhookRetries,
+        Table::Deliveries,
     ];
 
     fn name(self) -> &'static str {
@@ -107,6 +118,10 @@ impl Table {
             Table::Kev => "kev",
             Table::Presence => "presence",
             Table::Discovered => "discovered",
+            Table::Webhooks => "webhooks",
+            Table::WebhookCursors => "webhook_cursors",
+            Table::WebhookRetries => "webhook_retries",
+            Table::Deliveries => "deliveries",
         }
     }
 }
@@ -163,6 +178,8 @@ pub struct Store {
     durability: Durability,
     durable_acks: bool,
     writer: Mutex<WriterState>,
+    /// The sequence of the last event applied, for the webhook outbox.
+    last_event: watch::Sender<u64>,
 }
 
 struct WriterState {
@@ -208,9 +225,12 @@ impl Store {
             durability,
             durable_acks: options.durable_acks,
             writer: Mutex::new(WriterState { next_sequence: 1 }),
+            last_event: watch::Sender::new(0),
         };
-        let next = store.last_event_sequence()?.map_or(1, |s| s + 1);
-        store.lock_writer_state().next_sequence = next;
+        let recorded: u64 = store.get(Table::Meta, META_LAST_SEQUENCE)?.unwrap_or(0);
+        let last = store.last_event_sequence()?.unwrap_or(0).max(recorded);
+        store.lock_writer_state().next_sequence = last + 1;
+        store.last_event.send_replace(last);
         Ok(store)
     }
 
@@ -254,6 +274,16 @@ impl Store {
     pub async fn sync_now(&self) -> Result<(), StoreError> {
         self.durability.sync().await?;
         Ok(())
+    }
+
+    /// The sequence of the last event applied (0 before the first).
+    pub fn last_event_sequence_applied(&self) -> u64 {
+        *self.last_event.borrow()
+    }
+
+    /// A receiver that sees the last applied event sequence change.
+    pub fn subscribe_events(&self) -> watch::Receiver<u64> {
+        self.last_event.subscribe()
     }
 
     pub fn flushes(&self) -> u64 {
@@ -349,6 +379,94 @@ impl Store {
         Ok(out)
     }
 
+    /// Up to `limit` records whose keys start with `prefix`, in key order,
+    /// strictly after `after` when given.
+    ///
+    /// # Errors
+    /// The first storage or decoding failure met.
+    pub fn scan_prefix<V: DeserializeOwned>(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, V)>, StoreError> {
+        let tree = self.tree(table);
+        let mut out = Vec::new();
+        let iter = match after {
+            Some(a) => tree.range(a.to_vec()..),
+            None => tree.scan_prefix(prefix),
+        };
+        for item in iter {
+            let (key, value) = item?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            if after.is_some_and(|a| key.as_ref() == a) {
+                continue;
+            }
+            if out.len() >= limit {
+                break;
+            }
+            out.push((key.to_vec(), decode(table, &value)?));
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` records whose keys start with `prefix`, newest (highest
+    /// key) first, strictly before `before` when given.
+    ///
+    /// # Errors
+    /// The first storage or decoding failure met.
+    pub fn scan_prefix_rev<V: DeserializeOwned>(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        before: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, V)>, StoreError> {
+        let tree = self.tree(table);
+        let iter = match before {
+            Some(b) => tree.range(prefix.to_vec()..b.to_vec()),
+            None => tree.scan_prefix(prefix),
+        };
+        let mut out = Vec::new();
+        for item in iter.rev() {
+            let (key, value) = item?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            if out.len() >= limit {
+                break;
+            }
+            out.push((key.to_vec(), decode(table, &value)?));
+        }
+        Ok(out)
+    }
+
+    /// How many keys start with `prefix`.
+    pub fn count_prefix(&self, table: Table, prefix: &[u8]) -> usize {
+        self.tree(table).scan_prefix(prefix).keys().count()
+    }
+
+    /// Keys starting with `prefix`, in order, at most `limit`.
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub fn keys_with_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.tree(table)
+            .scan_prefix(prefix)
+            .keys()
+            .take(limit)
+            .map(|k| k.map(|k| k.to_vec()).map_err(StoreError::from))
+            .collect()
+    }
+
     /// Keys only, in order, for pruning.
     ///
     /// # Errors
@@ -423,11 +541,23 @@ impl Writer<'_> {
             events.push(record);
             sequence += 1;
         }
+        if !events.is_empty() {
+            // Kept apart from the event log so that pruning every event
+            // never lets sequence numbers (and webhook cursors) restart.
+            ops.push((
+                Table::Meta,
+                META_LAST_SEQUENCE.to_vec(),
+                Some(encode(&(sequence - 1))),
+            ));
+        }
 
         if !ops.is_empty() {
             self.apply_ops(&ops)?;
         }
         self.state.next_sequence = sequence;
+        if !events.is_empty() {
+            self.store.last_event.send_replace(sequence - 1);
+        }
         Ok(events)
     }
 
