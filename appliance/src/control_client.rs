@@ -27,7 +27,17 @@ pub async fn call(
     let request = build(method, path, body)?;
     match tokio::net::UnixStream::connect(&socket).await {
         Ok(stream) => over_socket(stream, request).await,
-        Err(_) => in_process(config, request, &socket).await,
+        Err(_) => {
+            // Only the first admin may be created on a store that does not
+            // exist yet; anything else there is a wrong --config/--data-dir.
+            if path != "/bootstrap" && !config.store.data_dir.join("store").exists() {
+                bail!(
+                    "no relay is running and there is no store at {} (check --config / --data-dir)",
+                    config.store.data_dir.display()
+                );
+            }
+            in_process(config, request, &socket).await
+        }
     }
 }
 
@@ -104,11 +114,18 @@ where
 }
 
 fn open_in_process(config: &RelayConfig, socket: &Path) -> anyhow::Result<std::sync::Arc<Relay>> {
-    match Relay::open(config.clone(), relay_core::clock::Clock::system()) {
+    match Relay::open(config.clone(), relay_core::clock::Clock::system())
+        .map_err(anyhow::Error::new)
+    {
         Ok(relay) => {
             relay.set_lifecycle(relay_core::Lifecycle::Ready);
             Ok(relay)
         }
+        Err(err) if format!("{err:#}").contains("could not acquire lock") => bail!(
+            "the store at {} is held by a running relay whose control socket {} does not answer",
+            config.store.data_dir.display(),
+            socket.display()
+        ),
         Err(err) => bail!(
             "cannot reach a running relay at {} nor open its store: {err:#}",
             socket.display()

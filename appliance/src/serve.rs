@@ -20,7 +20,14 @@ pub async fn run(config: RelayConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
     set_mode(dir, 0o700)?;
-    let relay = Relay::open(config.clone(), Clock::system()).context("cannot open the store")?;
+    let relay = match Relay::open(config.clone(), Clock::system()).map_err(anyhow::Error::new) {
+        Ok(relay) => relay,
+        Err(err) if format!("{err:#}").contains("could not acquire lock") => anyhow::bail!(
+            "another relay is already using the data directory {}",
+            config.store.data_dir.display()
+        ),
+        Err(err) => return Err(err.context("cannot open the store")),
+    };
     tracing::info!(relay_id = %relay.relay_id, data_dir = %config.store.data_dir.display(), devices = relay.fleet.len(), "store opened");
     first_start(&relay).await?;
     import_configured_kev(&relay).await;

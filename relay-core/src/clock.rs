@@ -19,6 +19,8 @@ pub enum TimeError {
     MissingOffset,
     #[error("not an RFC 3339 date-time")]
     Malformed,
+    #[error("the time falls outside the years 0001 to 9999 in UTC")]
+    OutOfRange,
 }
 
 impl Timestamp {
@@ -30,7 +32,11 @@ impl Timestamp {
     pub fn parse(text: &str) -> Result<Self, TimeError> {
         let trimmed = text.trim();
         match OffsetDateTime::parse(trimmed, &Rfc3339) {
-            Ok(t) => Ok(Self(t.unix_timestamp())),
+            // 0001-01-01T00:00:00Z ..= 9999-12-31T23:59:59Z
+            Ok(t) if (-62_135_596_800..=253_402_300_799).contains(&t.unix_timestamp()) => {
+                Ok(Self(t.unix_timestamp()))
+            }
+            Ok(_) => Err(TimeError::OutOfRange),
             Err(_) if looks_like_local_time(trimmed) => Err(TimeError::MissingOffset),
             Err(_) => Err(TimeError::Malformed),
         }
@@ -169,6 +175,14 @@ mod tests {
         assert_eq!(
             Timestamp::parse("2026-02-30T00:00:00Z"),
             Err(TimeError::Malformed)
+        );
+        assert_eq!(
+            Timestamp::parse("0000-01-01T00:00:00+23:59"),
+            Err(TimeError::OutOfRange)
+        );
+        assert_eq!(
+            Timestamp::parse("9999-12-31T23:59:59-23:59"),
+            Err(TimeError::OutOfRange)
         );
     }
 

@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -119,7 +119,7 @@ async fn users_create(
 
 async fn users_disable(
     State(relay): State<Arc<Relay>>,
-    Path(id): Path<String>,
+    crate::api::RawId(id): crate::api::RawId,
 ) -> ApiResult<Json<serde_json::Value>> {
     let id: UserId = id
         .parse()
@@ -151,7 +151,7 @@ async fn keys_create(
 
 async fn keys_revoke(
     State(relay): State<Arc<Relay>>,
-    Path(id): Path<String>,
+    crate::api::RawId(id): crate::api::RawId,
 ) -> ApiResult<StatusCode> {
     let id: KeyId = id
         .parse()

@@ -85,5 +85,13 @@ pub fn check_text(checks: &mut Checks, field: &str, value: &str, min: usize, max
         checks.fail(field, format!("must be {min} to {max} characters"));
     } else if value.chars().any(char::is_control) {
         checks.fail(field, "must not contain control characters");
+    } else if value.chars().any(is_bidi_control) {
+        checks.fail(field, "must not contain bidirectional override characters");
     }
+}
+
+/// Characters that reorder how text is displayed (the "Trojan Source"
+/// set): a name holding one can show as something it is not.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
 }

@@ -308,3 +308,74 @@ async fn agent_protocol_refuses_bad_checkins_whole() {
         .expect("answer");
     assert_eq!(r.status(), 413);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_input_found_by_the_breaker_stays_a_clear_4xx() {
+    let relay = relay_tests::harness::RelayProcess::start("[server]\nrequest_timeout_s = 1\n")
+        .expect("relay");
+    let api = Api::new(&relay);
+    let far = api
+        .post(
+            "/api/patch-exclusions",
+            json!({"kind": "package", "value": "bash", "expires_at": "9999-12-31T23:59:59-23:59"}),
+        )
+        .await;
+    assert_eq!(far.status, 422, "{}\n{}", far.text, relay.log_tail());
+    for path in ["/api/devices/%ff%fe", "/api/keys/%C0%AF"] {
+        let r = api.send(Method::DELETE, path, None).await;
+        assert!(r.status == 404 || r.status == 405, "{path}: {}", r.status);
+        let r = api.get(path).await;
+        assert!(r.status == 404 || r.status == 405, "{path}: {}", r.status);
+    }
+    assert_eq!(api.get("/api/devices/%ff%fe").await.status, 404);
+    let r = raw(
+        &relay,
+        Method::POST,
+        "/api/users",
+        Some("application/json"),
+        b"{} {}".to_vec(),
+    )
+    .await;
+    assert_problem(&r, 400);
+    let r = api
+        .post(
+            "/api/users",
+            json!({"name": "admin\u{202e}nimda", "role": "viewer"}),
+        )
+        .await;
+    assert_eq!(r.status, 422);
+    let huge = vec![b' '; 9 * 1024 * 1024];
+    let r = raw(
+        &relay,
+        Method::POST,
+        "/agent/v1/enroll",
+        Some("application/json"),
+        huge,
+    )
+    .await;
+    let status = r.status().as_u16();
+    let body = r.text().await.expect("body");
+    assert!(
+        status == 413 && body.contains("8388608"),
+        "{status}: {body}"
+    );
+
+    // A client that stops sending its body gets a problem+json 408 in time.
+    let port = relay.port;
+    let reply = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("timeout");
+        write!(s, "POST /agent/v1/enroll HTTP/1.1\r\nHost: r\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{").expect("write");
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        text
+    })
+    .await
+    .expect("slow client");
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(
+        reply.contains("application/problem+json") && reply.contains("x-request-id"),
+        "{reply}"
+    );
+}

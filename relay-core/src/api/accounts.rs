@@ -1,6 +1,6 @@
 //! API keys and users (admin only).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde_json::json;
@@ -46,7 +46,7 @@ pub async fn keys_create(
 pub async fn keys_revoke(
     State(relay): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
+    crate::api::RawId(id): crate::api::RawId,
 ) -> ApiResult<StatusCode> {
     require_admin(&who)?;
     let id: KeyId = path_id(&id, "key")?;
@@ -78,7 +78,7 @@ pub async fn users_create(
 pub async fn users_disable(
     State(relay): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
+    crate::api::RawId(id): crate::api::RawId,
 ) -> ApiResult<Json<UserView>> {
     require_admin(&who)?;
     let id: UserId = path_id(&id, "user")?;

@@ -1,6 +1,6 @@
 //! Compliance snapshots, as JSON or CSV.
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -100,7 +100,7 @@ pub async fn snapshots_list(
 
 pub async fn snapshots_get(
     State(relay): State<AppState>,
-    Path(id): Path<String>,
+    crate::api::RawId(id): crate::api::RawId,
     params: Params,
     req: Request,
 ) -> ApiResult<Response> {

@@ -1,6 +1,6 @@
 //! `GET /api/devices` and `GET /api/devices/:device_id`.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use serde_json::json;
 
@@ -46,7 +46,7 @@ pub struct DeviceList {
 
 pub async fn devices_get(
     State(relay): State<AppState>,
-    Path(id): Path<String>,
+    crate::api::RawId(id): crate::api::RawId,
 ) -> ApiResult<Json<serde_json::Value>> {
     let id: DeviceId = path_id(&id, "device")?;
     let device: DeviceRecord = relay

@@ -1,6 +1,6 @@
 //! Patch exclusions.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde_json::json;
@@ -52,7 +52,7 @@ pub async fn exclusions_list(
 
 pub async fn exclusions_get(
     State(relay): State<AppState>,
-    Path(id): Path<String>,
+    crate::api::RawId(id): crate::api::RawId,
 ) -> ApiResult<Json<serde_json::Value>> {
     let id: ExclusionId = path_id(&id, "exclusion")?;
     let e: Exclusion = relay
@@ -80,7 +80,7 @@ pub async fn exclusions_create(
 pub async fn exclusions_delete(
     State(relay): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
+    crate::api::RawId(id): crate::api::RawId,
 ) -> ApiResult<StatusCode> {
     if !who.allows(Role::Operator) {
         return Err(ApiError::Forbidden(

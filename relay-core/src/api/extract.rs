@@ -14,6 +14,25 @@ use super::problem::ApiError;
 use super::AppState;
 use crate::error::FieldError;
 
+/// The body limit of the router a request came through.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// A path id segment. One that cannot even be decoded is not found, like any
+/// other malformed id.
+pub struct RawId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for RawId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(id)| RawId(id))
+            .map_err(|_| ApiError::NotFound("no such resource".into()))
+    }
+}
+
 /// A JSON body, checked as the contract says.
 pub struct JsonBody<T>(pub T);
 
@@ -36,11 +55,10 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         if !is_json(content_type) {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let limit = if req.uri().path().starts_with("/agent") {
-            state.config.server.agent_body_limit
-        } else {
-            state.config.server.api_body_limit
-        };
+        let limit = req
+            .extensions()
+            .get::<BodyLimit>()
+            .map_or(state.config.server.api_body_limit, |l| l.0);
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge(limit)
@@ -59,6 +77,12 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if std::str::from_utf8(bytes).is_err() {
         return Err(ApiError::BadRequest("the body is not valid UTF-8".into()));
+    }
+    // Syntax first: a body that is not JSON at all is 400 whatever its shape.
+    if let Err(err) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+        return Err(ApiError::BadRequest(format!(
+            "the body is not valid JSON: {err}"
+        )));
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {

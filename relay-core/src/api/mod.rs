@@ -41,7 +41,7 @@ use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 
-pub use extract::{Cursor, JsonBody, Params};
+pub use extract::{Cursor, JsonBody, Params, RawId};
 pub use problem::{ApiError, ApiResult};
 
 use crate::relay::Relay;
@@ -112,7 +112,10 @@ pub fn router(relay: Arc<Relay>) -> Router {
             relay.clone(),
             middleware::require_key,
         ))
-        .layer(DefaultBodyLimit::max(relay.config.server.api_body_limit));
+        .layer(DefaultBodyLimit::max(relay.config.server.api_body_limit))
+        .layer(axum::Extension(extract::BodyLimit(
+            relay.config.server.api_body_limit,
+        )));
 
     let agent = Router::new()
         .route("/enroll", post(agent::enroll))
@@ -122,7 +125,10 @@ pub fn router(relay: Arc<Relay>) -> Router {
             relay.clone(),
             middleware::require_ready,
         ))
-        .layer(DefaultBodyLimit::max(relay.config.server.agent_body_limit));
+        .layer(DefaultBodyLimit::max(relay.config.server.agent_body_limit))
+        .layer(axum::Extension(extract::BodyLimit(
+            relay.config.server.agent_body_limit,
+        )));
 
     let timeout = Duration::from_secs(relay.config.server.request_timeout_s);
     Router::new()
@@ -132,15 +138,15 @@ pub fn router(relay: Arc<Relay>) -> Router {
         .nest("/api", api)
         .nest("/agent/v1", agent)
         .fallback(middleware::not_found)
-        .layer(axum::middleware::map_response(middleware::problemize))
-        .layer(axum::middleware::from_fn_with_state(
-            relay.clone(),
-            middleware::trace_request,
-        ))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             timeout,
         ))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .layer(axum::middleware::map_response(middleware::problemize))
+        .layer(axum::middleware::from_fn_with_state(
+            relay.clone(),
+            middleware::trace_request,
+        ))
         .with_state(relay)
 }

@@ -1,6 +1,6 @@
 //! Reboot management.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde_json::json;
@@ -79,7 +79,7 @@ pub async fn reboots_list(
 pub async fn reboots_schedule(
     State(relay): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
+    crate::api::RawId(id): crate::api::RawId,
     JsonBody(body): JsonBody<NewSchedule>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     require_operator(&who)?;
@@ -91,7 +91,7 @@ pub async fn reboots_schedule(
 pub async fn reboots_cancel(
     State(relay): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
+    crate::api::RawId(id): crate::api::RawId,
 ) -> ApiResult<StatusCode> {
     require_operator(&who)?;
     let device: DeviceId = path_id(&id, "device")?;

@@ -3,7 +3,7 @@
 //! response only when it is created or rotated.
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::{Extension, Json};
 use serde::Deserialize;
@@ -103,7 +103,7 @@ pub async fn webhooks_create(
 pub async fn webhooks_get(
     State(relay): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
+    crate::api::RawId(id): crate::api::RawId,
 ) -> ApiResult<Json<serde_json::Value>> {
     admin(&who)?;
     let id: WebhookId = path_id(&id, "webhook")?;
@@ -113,7 +113,7 @@ pub async fn webhooks_get(
 pub async fn webhooks_update(
     State(relay): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
+    crate::api::RawId(id): crate::api::RawId,
     JsonBody(body): JsonBody<WebhookChanges>,
 ) -> ApiResult<Json<serde_json::Value>> {
     admin(&who)?;
@@ -125,7 +125,7 @@ pub async fn webhooks_update(
 pub async fn webhooks_delete(
     State(relay): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
+    crate::api::RawId(id): crate::api::RawId,
 ) -> ApiResult<StatusCode> {
     admin(&who)?;
     let id: WebhookId = path_id(&id, "webhook")?;
@@ -142,7 +142,7 @@ pub struct RotateBody {
 pub async fn webhooks_rotate_secret(
     State(relay): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
+    crate::api::RawId(id): crate::api::RawId,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Json<serde_json::Value>> {
@@ -173,7 +173,7 @@ pub async fn webhooks_rotate_secret(
 pub async fn webhooks_test(
     State(relay): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
+    crate::api::RawId(id): crate::api::RawId,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     admin(&who)?;
     let id: WebhookId = path_id(&id, "webhook")?;
@@ -189,7 +189,7 @@ pub async fn webhooks_test(
 pub async fn webhooks_deliveries(
     State(relay): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
+    crate::api::RawId(id): crate::api::RawId,
     params: Params,
 ) -> ApiResult<Json<serde_json::Value>> {
     admin(&who)?;
