@@ -342,14 +342,7 @@ mod ops {
         /// # Errors
         /// A storage failure.
         pub fn refresh_exclusions(&self) -> RelayResult<()> {
-            let now = self.clock.now();
-            let active: Vec<Exclusion> = self
-                .store
-                .scan::<Exclusion>(Table::Exclusions)?
-                .into_iter()
-                .map(|(_, e)| e)
-                .filter(|e| e.is_active(now))
-                .collect();
+            let active = self.stored_active_exclusions()?;
             if active == self.fleet.active_exclusions() {
                 return Ok(());
             }

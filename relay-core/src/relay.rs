@@ -129,15 +129,23 @@ impl Relay {
         Ok(Arc::new(relay))
     }
 
-    fn load_fleet(&self) -> Result<(), StoreError> {
+    /// The exclusions in force now, as stored.
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub fn stored_active_exclusions(&self) -> Result<Vec<Exclusion>, StoreError> {
         let now = self.clock.now();
-        let active: Vec<Exclusion> = self
+        Ok(self
             .store
             .scan::<Exclusion>(Table::Exclusions)?
             .into_iter()
             .map(|(_, e)| e)
             .filter(|e| e.is_active(now))
-            .collect();
+            .collect())
+    }
+
+    fn load_fleet(&self) -> Result<(), StoreError> {
+        let active = self.stored_active_exclusions()?;
         self.fleet
             .replace_exclusions(&active, &std::collections::HashMap::new());
         for (_, device) in self.store.scan::<DeviceRecord>(Table::Devices)? {
