@@ -28,9 +28,11 @@ pub async fn call(
     match tokio::net::UnixStream::connect(&socket).await {
         Ok(stream) => over_socket(stream, request).await,
         Err(_) => {
-            // Only the first admin may be created on a store that does not
-            // exist yet; anything else there is a wrong --config/--data-dir.
-            if path != "/bootstrap" && !config.store.data_dir.join("store").exists() {
+            // Only the first-boot steps (the site enrollment token, the
+            // first admin) may create a store; anything else on a data dir
+            // without one is a wrong --config/--data-dir.
+            let first_boot = matches!(path, "/bootstrap" | "/enrollment-token");
+            if !first_boot && !config.store.data_dir.join("store").exists() {
                 bail!(
                     "no relay is running and there is no store at {} (check --config / --data-dir)",
                     config.store.data_dir.display()
