@@ -103,6 +103,17 @@ async fn get_rate(url: &str, key: &str, concurrency: usize, seconds: u64) -> any
             }
         }));
     }
+    Ok(measure(seconds, &stop, &done, tasks).await)
+}
+
+/// Lets the load `tasks` run for `seconds`, stops them, and returns the
+/// completed requests per second.
+async fn measure(
+    seconds: u64,
+    stop: &AtomicBool,
+    done: &AtomicU64,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+) -> f64 {
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     stop.store(true, Ordering::Relaxed);
@@ -111,7 +122,7 @@ async fn get_rate(url: &str, key: &str, concurrency: usize, seconds: u64) -> any
     for t in tasks {
         let _ = t.await;
     }
-    Ok(count as f64 / elapsed)
+    count as f64 / elapsed
 }
 
 fn small_checkin(seq: u64) -> Vec<u8> {
@@ -169,15 +180,7 @@ async fn checkin_rate(relay: &RelayProcess, agents: usize, seconds: u64) -> anyh
             }
         }));
     }
-    let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let elapsed = started.elapsed().as_secs_f64();
-    let count = done.load(Ordering::Relaxed);
-    for t in tasks {
-        let _ = t.await;
-    }
-    Ok(count as f64 / elapsed)
+    Ok(measure(seconds, &stop, &done, tasks).await)
 }
 
 /// Every agent checks in once at a random moment within `window`.
