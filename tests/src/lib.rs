@@ -30,6 +30,7 @@ pub mod netns;
 pub mod products;
 pub mod profiles;
 pub mod protocol;
+pub mod pytools;
 pub mod receiver;
 pub mod sim;
 pub mod stats;

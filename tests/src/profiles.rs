@@ -68,7 +68,7 @@ impl Profile {
 }
 
 /// The cargo workspace root (the parent of this crate's directory).
-fn workspace_root() -> &'static Path {
+pub fn workspace_root() -> &'static Path {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest.parent().unwrap_or(manifest)
 }
