@@ -135,6 +135,8 @@ define_id!(/// One delivery attempt of a webhook.
     DeliveryId, "dlv_");
 define_id!(/// A compliance snapshot.
     SnapshotId, "snap_");
+define_id!(/// An entry of the audit trail.
+    AuditId, "aud_");
 
 #[cfg(test)]
 mod tests {

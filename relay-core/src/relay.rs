@@ -70,6 +70,8 @@ pub struct Relay {
     pub discovery: crate::discovery::DiscoveryState,
     pub webhooks: crate::webhooks::WebhookHub,
     lifecycle: AtomicU8,
+    /// SHA-256 of the served TLS certificate, once HTTPS is up.
+    tls_fingerprint: std::sync::OnceLock<String>,
 }
 
 impl Relay {
@@ -111,6 +113,7 @@ impl Relay {
             discovery: Default::default(),
             webhooks: crate::webhooks::WebhookHub::load(&store)?,
             lifecycle: AtomicU8::new(Lifecycle::Starting as u8),
+            tls_fingerprint: std::sync::OnceLock::new(),
             config,
             clock,
             store,
@@ -214,6 +217,16 @@ impl Relay {
 
     pub fn set_lifecycle(&self, state: Lifecycle) {
         self.lifecycle.store(state as u8, Ordering::SeqCst);
+    }
+
+    /// Records the fingerprint of the certificate HTTPS serves (once).
+    pub fn set_tls_fingerprint(&self, fingerprint: String) {
+        let _ = self.tls_fingerprint.set(fingerprint);
+    }
+
+    /// The served certificate's SHA-256 fingerprint (hex), when HTTPS is on.
+    pub fn tls_fingerprint(&self) -> Option<&str> {
+        self.tls_fingerprint.get().map(String::as_str)
     }
 }
 

@@ -16,10 +16,12 @@
 //! | `GET/POST /api/webhooks`, `GET/PATCH/DELETE /api/webhooks/:id` | webhooks |
 //! | `POST /api/webhooks/:id/rotate-secret`, `POST /api/webhooks/:id/test` | secret rotation, test event |
 //! | `GET /api/webhooks/:id/deliveries` | a webhook's deliveries and attempts |
+//! | `GET /api/audit` | the audit trail of changes (admin) |
 //! | `POST /agent/v1/enroll`, `POST /agent/v1/checkin` | agents |
 
 mod accounts;
 mod agent;
+pub mod audit;
 mod compliance;
 mod devices;
 mod discovered;
@@ -107,7 +109,12 @@ pub fn router(relay: Arc<Relay>) -> Router {
             "/webhooks/{webhook_id}/deliveries",
             get(webhooks::webhooks_deliveries),
         )
+        .route("/audit", get(audit::audit_list))
         .fallback(middleware::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            relay.clone(),
+            audit::audit_api,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             relay.clone(),
             middleware::require_key,

@@ -44,6 +44,7 @@ pub async fn relay_info(State(relay): State<AppState>) -> Json<serde_json::Value
         "update_sets": relay.store.len(Table::UpdateSets),
         "updates_stored": relay.store.len(Table::Updates),
         "webhooks": webhook_info(&relay),
+        "tls_sha256": relay.tls_fingerprint(),
     }))
 }
 
