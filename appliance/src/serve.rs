@@ -50,8 +50,8 @@ pub async fn run(config: RelayConfig) -> anyhow::Result<()> {
     }
     let mut tls_endpoint = None;
     if !config.server.https_listen.is_empty() {
-        let identity = relay_core::tls::TlsIdentity::for_config(&config)
-            .context("cannot set up TLS")?;
+        let identity =
+            relay_core::tls::TlsIdentity::for_config(&config).context("cannot set up TLS")?;
         let tls = identity.server_config().context("cannot set up TLS")?;
         let listener = bind(&config.server.https_listen, "server.https_listen").await?;
         let port = listener.local_addr()?.port();

@@ -55,7 +55,10 @@ pub struct AuditFilter {
 
 impl AuditFilter {
     fn is_empty(&self) -> bool {
-        self.user_id.is_none() && self.key_id.is_none() && self.since.is_none() && self.outcome.is_none()
+        self.user_id.is_none()
+            && self.key_id.is_none()
+            && self.since.is_none()
+            && self.outcome.is_none()
     }
 
     fn matches(&self, r: &AuditRecord) -> bool {
@@ -101,9 +104,11 @@ impl Relay {
     ) -> RelayResult<(Vec<AuditRecord>, usize)> {
         let before = before.map(|id| id.to_bytes().to_vec());
         if filter.is_empty() {
-            let rows = self
-                .store
-                .scan_rev_before::<AuditRecord>(Table::Audit, before.as_deref(), limit)?;
+            let rows = self.store.scan_rev_before::<AuditRecord>(
+                Table::Audit,
+                before.as_deref(),
+                limit,
+            )?;
             return Ok((
                 rows.into_iter().map(|(_, r)| r).collect(),
                 self.store.len(Table::Audit),
@@ -206,9 +211,14 @@ mod tests {
             ids.push(r.audit_id);
             relay.record_audit(r).await.expect("record");
         }
-        let (page, total) = relay.audit_page(&AuditFilter::default(), None, 3).expect("page");
+        let (page, total) = relay
+            .audit_page(&AuditFilter::default(), None, 3)
+            .expect("page");
         assert_eq!(total, 20);
-        assert_eq!(page.iter().map(|r| r.audit_id).collect::<Vec<_>>(), vec![ids[19], ids[18], ids[17]]);
+        assert_eq!(
+            page.iter().map(|r| r.audit_id).collect::<Vec<_>>(),
+            vec![ids[19], ids[18], ids[17]]
+        );
         let (next, _) = relay
             .audit_page(&AuditFilter::default(), Some(ids[17]), 3)
             .expect("page");
@@ -220,7 +230,11 @@ mod tests {
         };
         let (page, total) = relay.audit_page(&mine, Some(ids[18]), 100).expect("page");
         assert_eq!(total, 10);
-        assert_eq!(page.len(), 9, "the newest of alice's entries is at or after the cursor");
+        assert_eq!(
+            page.len(),
+            9,
+            "the newest of alice's entries is at or after the cursor"
+        );
         assert!(page.iter().all(|r| r.actor.user_id == Some(alice)));
         let denied = AuditFilter {
             outcome: Some("denied".into()),
@@ -230,7 +244,9 @@ mod tests {
 
         // Days 80..=89 are older than the 10-day retention.
         assert_eq!(relay.prune_audit().expect("prune"), 10);
-        let (page, total) = relay.audit_page(&AuditFilter::default(), None, 100).expect("page");
+        let (page, total) = relay
+            .audit_page(&AuditFilter::default(), None, 100)
+            .expect("page");
         assert_eq!(total, 10);
         assert!(page.iter().all(|r| r.at.unix() >= 90 * 86_400));
     }

@@ -78,8 +78,10 @@ async fn audit_list(
 }
 
 /// Reads the control socket's peer credentials, for the audit trail.
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::UnixListener>>
-    for crate::api::audit::ControlPeer
+impl
+    axum::extract::connect_info::Connected<
+        axum::serve::IncomingStream<'_, tokio::net::UnixListener>,
+    > for crate::api::audit::ControlPeer
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
         Self {

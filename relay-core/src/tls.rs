@@ -144,7 +144,8 @@ impl TlsIdentity {
                     .map(|name| match name {
                         x509_parser::extensions::GeneralName::DNSName(dns) => (*dns).to_string(),
                         x509_parser::extensions::GeneralName::IPAddress(bytes) => {
-                            ip_from_bytes(bytes).map_or_else(|| hex::encode(bytes), |ip| ip.to_string())
+                            ip_from_bytes(bytes)
+                                .map_or_else(|| hex::encode(bytes), |ip| ip.to_string())
                         }
                         other => other.to_string(),
                     })
@@ -358,7 +359,10 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600, "{name}");
         }
-        let mode = std::fs::metadata(dir.path().join("tls")).expect("stat").permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("tls"))
+            .expect("stat")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o700);
     }
 
@@ -369,18 +373,33 @@ mod tests {
         let b = dir.path().join("b");
         generate(&a, &["relay.example".into()]).expect("a");
         generate(&b, &["relay.example".into()]).expect("b");
-        let ok = TlsIdentity::from_files(&a.join(GENERATED_CERT), &a.join(GENERATED_KEY), Source::Configured)
-            .expect("matching pair");
+        let ok = TlsIdentity::from_files(
+            &a.join(GENERATED_CERT),
+            &a.join(GENERATED_KEY),
+            Source::Configured,
+        )
+        .expect("matching pair");
         assert_eq!(ok.names, vec!["relay.example".to_string()]);
         let mismatched = TlsIdentity::from_files(
             &a.join(GENERATED_CERT),
             &b.join(GENERATED_KEY),
             Source::Configured,
         );
-        assert!(matches!(mismatched, Err(TlsError::Mismatch(_))), "{mismatched:?}");
-        let swapped = TlsIdentity::from_files(&a.join(GENERATED_KEY), &a.join(GENERATED_CERT), Source::Configured);
-        assert!(matches!(swapped, Err(TlsError::NoCertificate { .. })), "{swapped:?}");
-        let missing = TlsIdentity::from_files(&a.join("nope"), &a.join(GENERATED_KEY), Source::Configured);
+        assert!(
+            matches!(mismatched, Err(TlsError::Mismatch(_))),
+            "{mismatched:?}"
+        );
+        let swapped = TlsIdentity::from_files(
+            &a.join(GENERATED_KEY),
+            &a.join(GENERATED_CERT),
+            Source::Configured,
+        );
+        assert!(
+            matches!(swapped, Err(TlsError::NoCertificate { .. })),
+            "{swapped:?}"
+        );
+        let missing =
+            TlsIdentity::from_files(&a.join("nope"), &a.join(GENERATED_KEY), Source::Configured);
         assert!(matches!(missing, Err(TlsError::Read { .. })), "{missing:?}");
     }
 

@@ -81,7 +81,10 @@ async fn smuggling_and_header_floods_are_refused() {
         format!("POST /api/patch-exclusions HTTP/1.1\r\nHost: r\r\n{auth}Content-Type: application/json\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n").as_bytes(),
     );
     let status = status_of(&answer);
-    assert!((400..500).contains(&status) || answer.is_empty(), "{answer}");
+    assert!(
+        (400..500).contains(&status) || answer.is_empty(),
+        "{answer}"
+    );
 
     // A flood of headers: 431.
     let mut flood = String::from("GET /api/devices HTTP/1.1\r\nHost: r\r\n");
@@ -108,7 +111,10 @@ async fn smuggling_and_header_floods_are_refused() {
     );
 
     // Garbage that is not HTTP at all: 400.
-    let answer = exchange(&relay, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n");
+    let answer = exchange(
+        &relay,
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n",
+    );
     assert!(status_of(&answer) == 400 || answer.is_empty(), "{answer}");
     still_serving(&relay).await;
 }
@@ -163,7 +169,11 @@ async fn hostile_bodies_and_paths_get_clear_client_errors() {
         // Very deep nesting, cut off or complete: no stack overflow, a
         // syntax error for the first, a wrong shape for the others (the
         // unknown field's value is skipped without recursion).
-        ("/api/patch-exclusions", "[".repeat(100_000).into_bytes(), 400),
+        (
+            "/api/patch-exclusions",
+            "[".repeat(100_000).into_bytes(),
+            400,
+        ),
         (
             "/api/patch-exclusions",
             format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes(),
@@ -186,7 +196,11 @@ async fn hostile_bodies_and_paths_get_clear_client_errors() {
             413,
         ),
         // Invalid UTF-8 inside a string.
-        ("/api/users", b"{\"name\":\"\xff\xfe\",\"role\":\"viewer\"}".to_vec(), 400),
+        (
+            "/api/users",
+            b"{\"name\":\"\xff\xfe\",\"role\":\"viewer\"}".to_vec(),
+            400,
+        ),
         // Duplicate keys: refused, not last-one-wins.
         (
             "/api/users",
@@ -210,8 +224,16 @@ async fn hostile_bodies_and_paths_get_clear_client_errors() {
             422,
         ),
         // A NUL and a lone surrogate escape.
-        ("/api/users", br#"{"name":"a\u0000b","role":"viewer"}"#.to_vec(), 422),
-        ("/api/users", br#"{"name":"\ud800","role":"viewer"}"#.to_vec(), 400),
+        (
+            "/api/users",
+            br#"{"name":"a\u0000b","role":"viewer"}"#.to_vec(),
+            422,
+        ),
+        (
+            "/api/users",
+            br#"{"name":"\ud800","role":"viewer"}"#.to_vec(),
+            400,
+        ),
     ];
     for (path, body, expected) in cases {
         let preview = String::from_utf8_lossy(&body[..body.len().min(40)]).to_string();

@@ -80,7 +80,10 @@ async fn https_serves_the_api_with_a_self_signed_certificate_kept_across_restart
     relay.stop();
     relay.launch().expect("restart");
     let (again, _) = tls_cli(&relay);
-    assert_eq!(again, fingerprint, "the certificate is kept across restarts");
+    assert_eq!(
+        again, fingerprint,
+        "the certificate is kept across restarts"
+    );
     let r = client
         .get(format!("https://localhost:{port}/healthz"))
         .send()
@@ -186,7 +189,13 @@ async fn no_secret_is_logged_at_trace_level_or_left_readable() {
     let script_key = key.body["key"].as_str().expect("key").to_string();
     secrets.push(script_key.clone());
     let near_miss = format!("{}x", &script_key[..script_key.len() - 1]);
-    assert_eq!(Api::with_key(&relay, &near_miss).get("/api/devices").await.status, 401);
+    assert_eq!(
+        Api::with_key(&relay, &near_miss)
+            .get("/api/devices")
+            .await
+            .status,
+        401
+    );
     secrets.push(near_miss);
     let sink = receiver().await;
     let hook = api
@@ -203,7 +212,9 @@ async fn no_secret_is_logged_at_trace_level_or_left_readable() {
         .await;
     assert_eq!(rotated.status, 200, "{}", rotated.text);
     secrets.push(rotated.body["secret"].as_str().expect("secret").to_string());
-    let test = api.post(&format!("/api/webhooks/{id}/test"), json!({})).await;
+    let test = api
+        .post(&format!("/api/webhooks/{id}/test"), json!({}))
+        .await;
     assert_eq!(test.status, 202);
     assert!(
         sink.wait_until(std::time::Duration::from_secs(15), |r| !r.is_empty())
@@ -247,7 +258,13 @@ async fn no_secret_is_logged_at_trace_level_or_left_readable() {
 
     // Nothing the API answers afterwards repeats a secret.
     let mut readable = String::new();
-    for path in ["/api/keys", "/api/users", "/api/webhooks", "/api/audit?limit=500", "/api/relay"] {
+    for path in [
+        "/api/keys",
+        "/api/users",
+        "/api/webhooks",
+        "/api/audit?limit=500",
+        "/api/relay",
+    ] {
         readable.push_str(&api.get(path).await.text);
     }
     readable.push_str(&api.get(&format!("/api/webhooks/{id}")).await.text);
@@ -255,12 +272,19 @@ async fn no_secret_is_logged_at_trace_level_or_left_readable() {
 
     let log = std::fs::read_to_string(&relay.log_path).expect("log");
     assert!(log.lines().count() > 100, "the trace log was captured");
-    assert!(log.contains("TRACE") || log.contains("DEBUG"), "verbose levels were on");
+    assert!(
+        log.contains("TRACE") || log.contains("DEBUG"),
+        "verbose levels were on"
+    );
     for secret in &secrets {
         // The whole secret, and its random part alone (16 characters from
         // its middle), must appear in neither the log nor later answers.
         let tail = &secret[secret.len() - 16..];
-        assert!(!log.contains(tail), "a secret ({}…) is in the log", &secret[..6]);
+        assert!(
+            !log.contains(tail),
+            "a secret ({}…) is in the log",
+            &secret[..6]
+        );
         assert!(
             !readable.contains(tail),
             "a secret ({}…) is returned after creation",
@@ -312,12 +336,16 @@ async fn the_audit_trail_records_api_and_cli_changes_for_admins_only() {
         )
         .await;
     assert_eq!(exclusion.status, 201);
-    let exclusion_id = exclusion.body["exclusion_id"].as_str().expect("id").to_string();
+    let exclusion_id = exclusion.body["exclusion_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
     assert_eq!(
         api.delete(&format!("/api/keys/{key_id}")).await.status,
         StatusCode::NO_CONTENT
     );
-    relay.cli(&["users", "create", "--name", "carl", "--role", "operator"])
+    relay
+        .cli(&["users", "create", "--name", "carl", "--role", "operator"])
         .expect("cli user");
 
     // Page through everything two at a time.
@@ -369,9 +397,7 @@ async fn the_audit_trail_records_api_and_cli_changes_for_admins_only() {
     assert_eq!(entries[2]["source"], "127.0.0.1");
     assert_eq!(entries[3]["actor"]["user_id"], viewer_id);
     assert_eq!(entries[3]["status"], 403);
-    let mine = api
-        .get(&format!("/api/audit?user_id={viewer_id}"))
-        .await;
+    let mine = api.get(&format!("/api/audit?user_id={viewer_id}")).await;
     assert_eq!(mine.body["total"], 1, "{}", mine.text);
     assert_eq!(api.get("/api/audit?since=yesterday").await.status, 400);
     let text = serde_json::to_string(&entries).expect("json");

@@ -146,7 +146,9 @@ fn looks_like_id(segment: &str) -> bool {
     (3..=4).contains(&prefix.len())
         && prefix.bytes().all(|b| b.is_ascii_lowercase())
         && ulid.len() == 26
-        && ulid.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+        && ulid
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
 }
 
 /// The ids a JSON response names at its top level (`key_id`, `user_id`, …),
