@@ -408,3 +408,38 @@ async fn the_audit_trail_records_api_and_cli_changes_for_admins_only() {
     let cli: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(cli["entries"][0]["action"], "POST /users");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_pin_the_advertised_fingerprint_and_refuse_any_other() {
+    let relay = RelayProcess::start_https("", None).expect("the relay starts");
+    let port = relay.https_port.expect("port");
+    let info = Api::new(&relay).get("/api/relay").await.body;
+    let pin = info["tls_sha256"]
+        .as_str()
+        .expect("fingerprint")
+        .to_string();
+    let url = format!("https://127.0.0.1:{port}");
+
+    let client = RelayClient::new_pinned(&url, 4, &pin).expect("client");
+    let mut fleet = Fleet::new(real_profiles(), 2, 11).expect("fleet");
+    let enrolled = fleet
+        .enroll_all(&client, &relay.enrollment_token)
+        .await
+        .expect("enroll");
+    assert_eq!(enrolled.failed, 0, "{:?}", enrolled.errors);
+    let round = fleet.checkin_round(&client).await.expect("checkin");
+    assert_eq!(round.failed, 0, "{:?}", round.errors);
+
+    // One bit off: the handshake fails and nothing is sent.
+    let mut wrong = pin.clone().into_bytes();
+    wrong[0] = if wrong[0] == b'0' { b'1' } else { b'0' };
+    let wrong = String::from_utf8(wrong).expect("hex");
+    let client = RelayClient::new_pinned(&url, 4, &wrong).expect("client");
+    let mut strangers = Fleet::new(real_profiles(), 1, 12).expect("fleet");
+    let enrolled = strangers
+        .enroll_all(&client, &relay.enrollment_token)
+        .await
+        .expect("enroll runs");
+    assert_eq!(enrolled.ok, 0, "a client with the wrong pin got through");
+    assert_eq!(Api::new(&relay).get("/api/devices").await.body["total"], 2);
+}
