@@ -12,7 +12,7 @@ use crate::relay::Relay;
 use crate::store::{Batch, Table};
 
 /// A key as lists show it: never the secret.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct KeyView {
     pub key_id: KeyId,
     pub name: String,
@@ -28,14 +28,14 @@ pub struct KeyView {
 }
 
 /// A key just created: the only time `key` is shown.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CreatedKey {
     #[serde(flatten)]
     pub view: KeyView,
     pub key: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct NewKey {
     pub name: String,
     pub user_id: Option<String>,
@@ -44,13 +44,13 @@ pub struct NewKey {
     pub rate_limit: Option<RateLimit>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct NewUser {
     pub name: String,
     pub role: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UserView {
     pub user_id: UserId,
     pub name: String,

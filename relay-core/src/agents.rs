@@ -27,7 +27,7 @@ const MAX_UPDATES: usize = 10_000;
 const MAX_RESULTS: usize = 1_000;
 const MAX_CVES_PER_UPDATE: usize = 5_000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct EnrollRequest {
     pub enrollment_token: String,
     pub machine_id: String,
@@ -38,19 +38,19 @@ pub struct EnrollRequest {
     pub agent_version: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EnrollResponse {
     pub device_id: DeviceId,
     pub agent_token: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct WireCve {
     pub id: String,
     pub cvss: Option<f64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct WireUpdate {
     pub update_id: String,
     pub kb: Option<String>,
@@ -62,7 +62,7 @@ pub struct WireUpdate {
     pub released_at: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct WireResult {
     pub update_id: String,
     pub result: String,
@@ -70,7 +70,7 @@ pub struct WireResult {
     pub at: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct WireRebootResult {
     pub schedule_id: String,
     pub result: String,
@@ -78,7 +78,7 @@ pub struct WireRebootResult {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CheckinRequest {
     pub hostname: String,
     pub os_family: String,
@@ -100,13 +100,13 @@ pub struct CheckinRequest {
     pub installed_kbs: Vec<String>,
 }
 
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ExclusionCommand {
     pub kind: ExclusionKind,
     pub value: String,
 }
 
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct RebootCommand {
     pub schedule_id: ScheduleId,
     pub at: Timestamp,
@@ -114,7 +114,7 @@ pub struct RebootCommand {
     pub force: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CheckinResponse {
     pub next_checkin_s: u64,
     pub exclusions: Vec<ExclusionCommand>,

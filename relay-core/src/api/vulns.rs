@@ -11,6 +11,19 @@ use crate::ids::DeviceId;
 use crate::inventory::{normalize_cve, Severity};
 use crate::vulns::VulnFilter;
 
+#[utoipa::path(get, path = "/api/vulnerabilities", tag = "vulnerabilities",
+    params(
+        super::openapi::Paging,
+        ("severity" = Option<crate::inventory::Severity>, Query, description = "Only this severity"),
+        ("device_id" = Option<crate::ids::DeviceId>, Query, description = "Only CVEs open on this device"),
+        ("known_exploited" = Option<bool>, Query, description = "Only CVEs in (or not in) the KEV catalog"),
+        ("min_cvss" = Option<f64>, Query, description = "Only CVEs scored at least this (0 to 10)", minimum = 0, maximum = 10),
+    ),
+    responses(
+        (status = 200, description = "A page of open CVEs", body = super::openapi::VulnerabilityList),
+        (status = 422, response = super::openapi::UnprocessableEntity),
+    ),
+    security(("api_key" = [])))]
 pub async fn vulnerabilities_list(
     State(relay): State<AppState>,
     params: Params,

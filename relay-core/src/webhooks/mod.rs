@@ -35,7 +35,7 @@ const MAX_GRACE_S: i64 = 604_800;
 /// Attempts kept in a delivery's history.
 const ATTEMPTS_KEPT: usize = 10;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum WebhookStatus {
     Active,
@@ -103,7 +103,7 @@ impl WebhookRecord {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryStatus {
     Pending,
@@ -226,7 +226,7 @@ pub fn oldest_needed_sequence(
 }
 
 /// `POST /api/webhooks` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewWebhook {
     pub url: String,
@@ -236,7 +236,7 @@ pub struct NewWebhook {
 }
 
 /// `PATCH /api/webhooks/:id` body.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookChanges {
     pub url: Option<String>,
