@@ -8,6 +8,7 @@ mod backup;
 mod crash;
 mod errors;
 mod mdns;
+mod schemathesis;
 mod support;
 mod webhook_crash;
 mod webhook_netns;

@@ -26,6 +26,8 @@ mod devices;
 mod discovered;
 mod exclusions;
 mod extract;
+#[cfg(test)]
+mod fuzz;
 mod middleware;
 pub mod openapi;
 mod ops;
