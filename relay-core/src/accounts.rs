@@ -37,16 +37,22 @@ pub struct CreatedKey {
 
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct NewKey {
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
+    #[schema(value_type = Option<crate::ids::UserId>)]
     pub user_id: Option<String>,
+    #[schema(minimum = 1)]
     pub expires_in_days: Option<i64>,
+    #[schema(value_type = Option<Timestamp>)]
     pub expires_at: Option<String>,
     pub rate_limit: Option<RateLimit>,
 }
 
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct NewUser {
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
+    #[schema(value_type = Role)]
     pub role: String,
 }
 

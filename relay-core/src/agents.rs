@@ -30,11 +30,17 @@ const MAX_CVES_PER_UPDATE: usize = 5_000;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct EnrollRequest {
     pub enrollment_token: String,
+    #[schema(min_length = 1, max_length = 200)]
     pub machine_id: String,
+    #[schema(min_length = 1, max_length = 255)]
     pub hostname: String,
+    #[schema(value_type = OsFamily)]
     pub os_family: String,
+    #[schema(min_length = 1, max_length = 200)]
     pub os_name: String,
+    #[schema(max_length = 100)]
     pub os_version: String,
+    #[schema(max_length = 50)]
     pub agent_version: String,
 }
 
@@ -56,39 +62,52 @@ pub struct WireUpdate {
     pub kb: Option<String>,
     pub package: Option<String>,
     pub title: String,
+    #[schema(value_type = Severity)]
     pub severity: String,
     #[serde(default)]
     pub cves: Vec<WireCve>,
+    #[schema(value_type = Option<Timestamp>)]
     pub released_at: Option<String>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct WireResult {
     pub update_id: String,
+    #[schema(value_type = InstallOutcome)]
     pub result: String,
     pub error_code: Option<String>,
+    #[schema(value_type = Timestamp)]
     pub at: String,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct WireRebootResult {
+    #[schema(value_type = ScheduleId)]
     pub schedule_id: String,
+    /// `completed` or `failed`.
     pub result: String,
+    #[schema(value_type = Timestamp)]
     pub at: String,
     pub error: Option<String>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CheckinRequest {
+    #[schema(min_length = 1, max_length = 255)]
     pub hostname: String,
+    #[schema(value_type = OsFamily)]
     pub os_family: String,
+    #[schema(min_length = 1, max_length = 200)]
     pub os_name: String,
+    #[schema(max_length = 100)]
     pub os_version: String,
+    #[schema(max_length = 50)]
     pub agent_version: String,
     #[serde(default)]
     pub ip_addresses: Vec<String>,
     #[serde(default)]
     pub reboot_pending: bool,
+    #[schema(value_type = Option<Timestamp>)]
     pub reboot_pending_since: Option<String>,
     #[serde(default)]
     pub available_updates: Vec<WireUpdate>,

@@ -212,11 +212,15 @@ mod tests {
 /// `POST /api/patch-exclusions` body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct NewExclusion {
+    #[schema(value_type = ExclusionKind)]
     pub kind: String,
     pub value: String,
+    #[schema(value_type = Option<OsFamily>)]
     pub os_family: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 1000)]
     pub reason: String,
+    #[schema(value_type = Option<Timestamp>)]
     pub expires_at: Option<String>,
 }
 

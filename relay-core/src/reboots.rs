@@ -106,8 +106,10 @@ mod tests {
 /// `POST /api/reboot-management/:device_id/schedule` body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct NewSchedule {
+    #[schema(value_type = Timestamp)]
     pub at: String,
     #[serde(default)]
+    #[schema(max_length = 500)]
     pub message: String,
     #[serde(default)]
     pub force: bool,

@@ -39,20 +39,42 @@ async fn schemathesis_finds_no_server_error_and_no_contract_violation() {
         .filter_map(|a| a.device_id().map(str::to_string))
         .collect();
     assert_eq!(devices.len(), 12);
-    let webhook = api
-        .post(
-            "/api/webhooks",
-            json!({"url": "http://127.0.0.1:9/hook", "events": ["*"], "description": "st"}),
-        )
-        .await;
-    assert_eq!(webhook.status, 201, "{}", webhook.text);
-    let exclusion = api
-        .post(
-            "/api/patch-exclusions",
-            json!({"kind": "kb", "value": "KB5034441", "reason": "st"}),
-        )
-        .await;
-    assert_eq!(exclusion.status, 201, "{}", exclusion.text);
+    let agent_token = fleet.agents()[1]
+        .agent_token()
+        .expect("an enrolled agent has a token")
+        .to_string();
+    // Several of each resource schemathesis may delete, so that deleting
+    // one early leaves others to test against.
+    let mut webhooks = Vec::new();
+    let mut exclusions = Vec::new();
+    for i in 0..6 {
+        let webhook = api
+            .post(
+                "/api/webhooks",
+                json!({"url": format!("http://127.0.0.1:9/hook{i}"), "events": ["*"], "description": "st"}),
+            )
+            .await;
+        assert_eq!(webhook.status, 201, "{}", webhook.text);
+        webhooks.push(
+            webhook.body["webhook_id"]
+                .as_str()
+                .expect("an id")
+                .to_string(),
+        );
+        let exclusion = api
+            .post(
+                "/api/patch-exclusions",
+                json!({"kind": "kb", "value": format!("KB50344{i:02}"), "reason": "st"}),
+            )
+            .await;
+        assert_eq!(exclusion.status, 201, "{}", exclusion.text);
+        exclusions.push(
+            exclusion.body["exclusion_id"]
+                .as_str()
+                .expect("an id")
+                .to_string(),
+        );
+    }
     let snapshot = api.post("/api/compliance/snapshot", json!({})).await;
     assert_eq!(snapshot.status, 201, "{}", snapshot.text);
     let at = relay_tests::timefmt::rfc3339(
@@ -96,62 +118,86 @@ async fn schemathesis_finds_no_server_error_and_no_contract_violation() {
          \"path.exclusion_id\" = {{ dictionary = \"exclusions\", probability = 0.7 }}\n\
          \"path.snapshot_id\" = {{ dictionary = \"snapshots\", probability = 0.7 }}\n\
          \"path.user_id\" = {{ dictionary = \"users\", probability = 1.0 }}\n\
-         \"path.key_id\" = {{ dictionary = \"keys\", probability = 1.0 }}\n",
+         \"path.key_id\" = {{ dictionary = \"keys\", probability = 1.0 }}\n\
+         \"body.enrollment_token\" = {{ dictionary = \"enrollment\", probability = 0.8 }}\n\
+         [dictionaries.enrollment]\nvalues = [{:?}]\n\
+         [headers]\nAuthorization = {:?}\n\
+         [[operations]]\ninclude-path = \"/agent/v1/checkin\"\n\
+         headers = {{ Authorization = {:?} }}\n",
         toml_list(&devices),
-        toml_list(&id(&webhook, "webhook_id")),
-        toml_list(&id(&exclusion, "exclusion_id")),
+        toml_list(&webhooks),
+        toml_list(&exclusions),
         toml_list(&id(&snapshot, "snapshot_id")),
         toml_list(&id(&user, "user_id")),
         toml_list(&id(&key, "key_id")),
+        relay.enrollment_token,
+        format!("Bearer {}", relay.admin_key),
+        format!("Bearer {agent_token}"),
     );
     let config_path = dir.path().join("schemathesis.toml");
     std::fs::write(&config_path, config).expect("config written");
 
-    // The admin's own key must survive the run, or everything after its
-    // loss would be a 401: the key and user ids schemathesis revokes and
-    // disables are always the sacrificial ones above (probability 1.0).
-    let report = dir.path().join("report.json");
-    let started = Instant::now();
-    let output = Command::new(&st)
-        .arg("--no-color")
-        .arg("--config-file")
-        .arg(&config_path)
-        .args(["run", &format!("{}/api/openapi.json", relay.base_url)])
-        .args(["--url", &relay.base_url])
-        .args(["-H", &format!("Authorization: Bearer {}", relay.admin_key)])
-        .args(["--checks", CHECKS])
-        .args(["--phases", "examples,coverage,fuzzing,stateful"])
-        .args(["--max-examples", "40", "--seed", "1", "--workers", "2"])
-        .args(["--max-time", "75", "--request-timeout", "10"])
-        .args(["--suppress-health-check", "all", "--no-shrink"])
-        .args(["--report", "json", "--report-json-path"])
-        .arg(&report)
-        .current_dir(dir.path())
-        .env("SCHEMATHESIS_TELEMETRY", "false")
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("schemathesis runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("{stdout}\n{stderr}");
-    println!("schemathesis took {:.0} s", started.elapsed().as_secs_f64());
-    assert!(
-        output.status.success(),
-        "schemathesis found problems (exit {:?}):\n{stdout}\n{stderr}\nrelay log:\n{}",
-        output.status.code(),
-        relay.log_tail()
+    // Revoking keys and disabling users run last, on their own: schemathesis
+    // learns ids from `GET /api/keys` and `GET /api/users` and would revoke
+    // the admin's key or disable the admin early, turning the rest of the
+    // run into 401s.
+    let run = |filter: &str, regex: &str, phases: &str, seconds: &str| {
+        let started = Instant::now();
+        let output = Command::new(&st)
+            .arg("--no-color")
+            .arg("--config-file")
+            .arg(&config_path)
+            .args(["run", &format!("{}/api/openapi.json", relay.base_url)])
+            .args(["--url", &relay.base_url])
+            .args([filter, regex])
+            .args(["--checks", CHECKS])
+            .args(["--phases", phases])
+            .args(["--max-examples", "40", "--seed", "1", "--workers", "1"])
+            .args(["--max-time", seconds, "--request-timeout", "10"])
+            .args(["--suppress-health-check", "all", "--no-shrink"])
+            .current_dir(dir.path())
+            .env("SCHEMATHESIS_TELEMETRY", "false")
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("schemathesis runs");
+        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        println!("{stdout}\n{stderr}");
+        println!("schemathesis took {:.0} s", started.elapsed().as_secs_f64());
+        assert!(
+            output.status.success(),
+            "schemathesis found problems (exit {:?}):\n{stdout}\n{stderr}\nrelay log:\n{}",
+            output.status.code(),
+            relay.log_tail()
+        );
+        stdout
+    };
+    const SESSION_ENDING: &str = "^/api/(keys/\\{key_id\\}|users/\\{user_id\\}/disable)$";
+    let first = run(
+        "--exclude-path-regex",
+        SESSION_ENDING,
+        "examples,coverage,fuzzing,stateful",
+        "60",
     );
-    // It really ran: every operation was tested.
-    let summary = stdout
-        .lines()
-        .find(|l| l.contains("API operations") || l.contains("operations tested"))
-        .unwrap_or("");
-    println!("summary: {summary}");
+    assert!(
+        first.contains("Tested: 33"),
+        "not every operation was tested"
+    );
     let still = api.get("/api/relay").await;
     assert_eq!(
         still.status, 200,
         "the run lost its admin key: {}",
         still.text
+    );
+    let second = run(
+        "--include-path-regex",
+        SESSION_ENDING,
+        "examples,coverage,fuzzing",
+        "15",
+    );
+    assert!(
+        second.contains("Tested: 2"),
+        "the last two operations were not tested"
     );
     let metrics = Api::with_key(&relay, &relay.admin_key)
         .get("/metrics")

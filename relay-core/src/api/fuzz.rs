@@ -772,3 +772,26 @@ fn check_ins_with_edge_values_are_stored_or_refused_never_fail() {
         })
         .unwrap_or_else(|e| panic!("{e}"));
 }
+
+// --- Regressions found by schemathesis --------------------------------------
+
+/// `min_cvss=10.000000000000002` was accepted: it was range-checked after
+/// rounding to an f32, where it is 10.0.
+#[test]
+fn min_cvss_is_range_checked_before_rounding() {
+    let h = harness();
+    for (query, expected) in [
+        ("min_cvss=10.000000000000002", StatusCode::BAD_REQUEST),
+        ("min_cvss=-0.0000000000000001", StatusCode::BAD_REQUEST),
+        ("min_cvss=10", StatusCode::OK),
+        ("min_cvss=0", StatusCode::OK),
+    ] {
+        let (status, body) = h.send_bytes(
+            Method::GET,
+            &format!("/api/vulnerabilities?{query}"),
+            Some(&h.key),
+            Vec::new(),
+        );
+        assert_eq!(status, expected, "{query}: {body}");
+    }
+}

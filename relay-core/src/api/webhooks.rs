@@ -178,6 +178,8 @@ pub async fn webhooks_delete(
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateBody {
+    /// How long the previous secret stays valid, in seconds.
+    #[schema(minimum = 0, maximum = 604_800)]
     grace_period_s: Option<i64>,
 }
 

@@ -229,9 +229,13 @@ pub fn oldest_needed_sequence(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewWebhook {
+    #[schema(pattern = "^https?://", min_length = 1, max_length = 2048)]
     pub url: String,
+    /// Event type names, or `["*"]` for every type.
+    #[schema(min_items = 1)]
     pub events: Vec<String>,
     #[serde(default)]
+    #[schema(max_length = 500)]
     pub description: String,
 }
 
