@@ -359,7 +359,7 @@ proptest! {
             }
         }
         prop_assert_eq!(
-            Timestamp::parse(&t.to_string().trim_end_matches('Z').to_string()),
+            Timestamp::parse(t.to_string().trim_end_matches('Z')),
             Err(TimeError::MissingOffset)
         );
     }
