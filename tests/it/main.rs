@@ -9,6 +9,7 @@ mod crash;
 mod errors;
 mod hostile;
 mod mdns;
+mod schemathesis;
 mod security;
 mod support;
 mod webhook_crash;

@@ -204,6 +204,20 @@ fn view(r: &AuditRecord) -> serde_json::Value {
 
 /// `GET /api/audit` (admin): newest first, with `user_id`, `key_id`,
 /// `since` and `outcome` filters.
+#[utoipa::path(get, path = "/api/audit", tag = "audit",
+    params(
+        super::openapi::Paging,
+        ("user_id" = Option<crate::ids::UserId>, Query, description = "Only changes by this user"),
+        ("key_id" = Option<crate::ids::KeyId>, Query, description = "Only changes made with this key"),
+        ("since" = Option<String>, Query, format = DateTime, description = "Only changes at or after this time (RFC 3339 with an offset)"),
+        ("outcome" = Option<String>, Query, pattern = "^(success|denied|refused)$", description = "Only this outcome"),
+    ),
+    responses(
+        (status = 200, description = "A page of audit entries, newest first", body = super::openapi::AuditList),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 422, response = super::openapi::UnprocessableEntity),
+    ),
+    security(("api_key" = [])))]
 pub async fn audit_list(
     State(relay): State<AppState>,
     Extension(who): Extension<Principal>,

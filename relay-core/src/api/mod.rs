@@ -4,6 +4,7 @@
 //! | route | purpose |
 //! | --- | --- |
 //! | `GET /healthz`, `GET /readyz`, `GET /metrics` | liveness, readiness, Prometheus |
+//! | `GET /api/openapi.json` | the OpenAPI 3.1 description of all of these |
 //! | `GET /api/relay` | relay id, version, uptime, event log depth, webhook outbox |
 //! | `GET /api/devices`, `GET /api/devices/:id` | the fleet |
 //! | `GET /api/discovered` | agents heard over mDNS that match no enrolled device |
@@ -27,7 +28,10 @@ mod devices;
 mod discovered;
 mod exclusions;
 mod extract;
+#[cfg(test)]
+mod fuzz;
 mod middleware;
+pub mod openapi;
 mod ops;
 pub mod problem;
 mod reboots;
@@ -54,6 +58,7 @@ pub type AppState = Arc<Relay>;
 pub fn router(relay: Arc<Relay>) -> Router {
     let api = Router::new()
         .route("/relay", get(ops::relay_info))
+        .route("/openapi.json", get(openapi::openapi_json))
         .route("/devices", get(devices::devices_list))
         .route("/devices/{device_id}", get(devices::devices_get))
         .route("/discovered", get(discovered::discovered_list))
