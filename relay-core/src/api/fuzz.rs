@@ -252,6 +252,73 @@ body_props!(
     &["name", "expires_in_days"]
 );
 
+body_props!(
+    local_key_bodies,
+    crate::control::LocalKey,
+    &[
+        "name",
+        "user_id",
+        "expires_in_days",
+        "expires_at",
+        "rate_limit"
+    ]
+);
+
+proptest! {
+    #![proptest_config(cases(256))]
+
+    /// The KEV catalog file: any bytes or near-valid catalogs load or are
+    /// refused with a `KevError`; valid CVE ids always load.
+    #[test]
+    fn kev_files_load_or_are_refused(
+        entries in prop::collection::vec(prop_oneof![
+            (1999u32..2100, 1000u32..10_000_000).prop_map(|(y, n)| format!("CVE-{y}-{n}")),
+            interesting_string(),
+        ], 0..8),
+        version in prop::option::of(interesting_string()),
+        noise in prop::collection::vec(any::<u8>(), 0..128),
+    ) {
+        let _ = crate::vulns::parse_kev(&noise);
+        let file = json!({
+            "catalogVersion": version,
+            "vulnerabilities": entries.iter().map(|c| json!({"cveID": c})).collect::<Vec<_>>(),
+        });
+        let parsed = crate::vulns::parse_kev(&serde_json::to_vec(&file).expect("serialises"));
+        let all_valid = entries.iter().all(|c| crate::inventory::normalize_cve(c).is_some());
+        match parsed {
+            Ok(catalog) => {
+                prop_assert!(all_valid);
+                prop_assert_eq!(catalog.version, version);
+            }
+            Err(crate::vulns::KevError::BadCve { index }) => {
+                prop_assert!(crate::inventory::normalize_cve(&entries[index]).is_none());
+            }
+            Err(e) => prop_assert!(false, "{e}"),
+        }
+    }
+
+    /// mDNS announcements from the LAN: any names, addresses and TXT
+    /// records are bounded or refused, never a panic.
+    #[test]
+    fn announcements_are_bounded_or_refused(
+        fullname in prop_oneof![".{0,80}", "[a-z0-9-]{1,70}\\._ppagent\\._tcp\\.local\\."],
+        hostname in ".{0,300}",
+        addresses in prop::collection::vec((any::<[u8; 4]>(), ".{0,8}"), 0..20),
+        port in any::<u16>(),
+        txt in prop::collection::vec((".{0,40}", ".{0,300}"), 0..40),
+    ) {
+        let addresses = addresses
+            .into_iter()
+            .map(|(a, scope)| (std::net::IpAddr::from(a), scope))
+            .collect();
+        if let Ok(a) = crate::discovery::Announcement::try_new(&fullname, &hostname, addresses, port, txt) {
+            prop_assert!(a.instance.len() <= 63);
+            prop_assert!(!a.addresses.is_empty());
+            prop_assert!(a.hostname.len() <= hostname.len());
+        }
+    }
+}
+
 fn text() -> impl Strategy<Value = String> {
     "[ -~]{0,40}"
 }
@@ -794,4 +861,18 @@ fn min_cvss_is_range_checked_before_rounding() {
         );
         assert_eq!(status, expected, "{query}: {body}");
     }
+}
+
+/// The control socket's key body was flattened, and a wrong-typed field was
+/// reported as `body` instead of by name (found by `local_key_bodies`).
+#[test]
+fn control_key_bodies_name_the_bad_field() {
+    match parse_json::<crate::control::LocalKey>(br#"{"name": 5, "expires_in_days": 3}"#) {
+        Err(ApiError::Invalid(errors)) => assert_eq!(errors[0].field, "name"),
+        other => panic!("expected 422 naming `name`, got {other:?}"),
+    }
+    let key: crate::control::LocalKey =
+        parse_json(br#"{"name": "ops", "expires_in_days": 3}"#).expect("a valid body");
+    assert_eq!(key.key.name, "ops");
+    assert_eq!(key.key.expires_in_days, Some(3));
 }

@@ -144,6 +144,7 @@ pub struct Paging {
 
 /// `GET /healthz`, `GET /readyz`.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct HealthStatus {
     /// `ok` (liveness) or `ready` (readiness).
     #[schema(pattern = "^(ok|ready)$")]
@@ -151,18 +152,21 @@ pub struct HealthStatus {
 }
 
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct KevCatalog {
     pub version: Option<String>,
     pub entries: u64,
 }
 
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct WebhookDrops {
     pub retention: u64,
     pub outbox_full: u64,
 }
 
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct WebhookInfo {
     pub count: u64,
     #[schema(pattern = "^(unknown|down|up|partial)$")]
@@ -178,6 +182,7 @@ pub struct WebhookInfo {
 
 /// `GET /api/relay`.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RelayInfo {
     pub relay_id: String,
     pub version: String,
@@ -194,6 +199,7 @@ pub struct RelayInfo {
 
 /// One update of a device.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct DeviceUpdate {
     pub update_id: String,
     pub kb: Option<String>,
@@ -207,6 +213,7 @@ pub struct DeviceUpdate {
 }
 
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct DeviceComplianceState {
     pub compliant: bool,
     pub reasons: Vec<Reason>,
@@ -237,6 +244,7 @@ pub struct DeviceDetail {
 
 /// `GET /api/discovered`.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct DiscoveredList {
     pub discovered: Vec<DiscoveredRecord>,
     pub total: u64,
@@ -245,6 +253,7 @@ pub struct DiscoveredList {
 
 /// `GET /api/vulnerabilities`.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct VulnerabilityList {
     pub vulnerabilities: Vec<Vulnerability>,
     pub total: u64,
@@ -253,6 +262,7 @@ pub struct VulnerabilityList {
 
 /// `GET /api/compliance/snapshots`.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SnapshotList {
     pub snapshots: Vec<SnapshotListing>,
     pub total: u64,
@@ -261,6 +271,7 @@ pub struct SnapshotList {
 
 /// A reboot schedule.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RebootScheduleView {
     pub schedule_id: ScheduleId,
     pub device_id: DeviceId,
@@ -274,6 +285,7 @@ pub struct RebootScheduleView {
 
 /// A device in `GET /api/reboot-management`.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RebootRowView {
     pub device_id: DeviceId,
     pub hostname: String,
@@ -287,6 +299,7 @@ pub struct RebootRowView {
 
 /// `GET /api/reboot-management`.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RebootList {
     pub devices: Vec<RebootRowView>,
     pub total: u64,
@@ -295,6 +308,7 @@ pub struct RebootList {
 
 /// A patch exclusion.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ExclusionView {
     pub exclusion_id: ExclusionId,
     pub kind: ExclusionKind,
@@ -309,6 +323,7 @@ pub struct ExclusionView {
 
 /// `GET /api/patch-exclusions`.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ExclusionList {
     pub exclusions: Vec<ExclusionView>,
     pub total: u64,
@@ -317,6 +332,7 @@ pub struct ExclusionList {
 
 /// `GET /api/keys`: every key, on one page.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct KeyList {
     pub keys: Vec<KeyView>,
     pub total: u64,
@@ -325,6 +341,7 @@ pub struct KeyList {
 
 /// `GET /api/users`: every user, on one page.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UserList {
     pub users: Vec<crate::accounts::UserView>,
     pub total: u64,
@@ -333,6 +350,7 @@ pub struct UserList {
 
 /// A webhook; never its secret.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct WebhookView {
     pub webhook_id: WebhookId,
     pub url: String,
@@ -357,6 +375,7 @@ pub struct CreatedWebhook {
 
 /// `GET /api/webhooks`.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct WebhookList {
     pub webhooks: Vec<WebhookView>,
     pub total: u64,
@@ -365,6 +384,7 @@ pub struct WebhookList {
 
 /// `POST /api/webhooks/{webhook_id}/rotate-secret`.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RotatedSecret {
     pub webhook_id: WebhookId,
     pub secret: String,
@@ -373,6 +393,7 @@ pub struct RotatedSecret {
 
 /// `POST /api/webhooks/{webhook_id}/test`.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct QueuedTestEvent {
     pub event_id: EventId,
     pub sequence: u64,
@@ -382,6 +403,7 @@ pub struct QueuedTestEvent {
 }
 
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct AttemptView {
     pub delivery_id: DeliveryId,
     pub attempted_at: Timestamp,
@@ -391,6 +413,7 @@ pub struct AttemptView {
 
 /// One event's delivery to one webhook.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct DeliveryView {
     pub delivery_id: DeliveryId,
     pub event_id: EventId,
@@ -408,6 +431,7 @@ pub struct DeliveryView {
 
 /// `GET /api/webhooks/{webhook_id}/deliveries`.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct DeliveryList {
     pub deliveries: Vec<DeliveryView>,
     pub total: u64,
