@@ -101,7 +101,6 @@ pub async fn webhooks_list(
     responses(
         (status = 201, description = "The webhook; `secret` is shown this once", body = super::openapi::CreatedWebhook),
         (status = 403, response = super::openapi::Forbidden),
-        (status = 409, response = super::openapi::Conflict),
     ),
     security(("api_key" = [])))]
 pub async fn webhooks_create(
@@ -141,7 +140,6 @@ pub async fn webhooks_get(
         (status = 200, description = "The changed webhook", body = super::openapi::WebhookView),
         (status = 403, response = super::openapi::Forbidden),
         (status = 404, response = super::openapi::NotFound),
-        (status = 409, response = super::openapi::Conflict),
     ),
     security(("api_key" = [])))]
 pub async fn webhooks_update(
@@ -190,7 +188,6 @@ pub struct RotateBody {
         (status = 200, description = "The new secret, shown this once", body = super::openapi::RotatedSecret),
         (status = 403, response = super::openapi::Forbidden),
         (status = 404, response = super::openapi::NotFound),
-        (status = 409, response = super::openapi::Conflict),
     ),
     security(("api_key" = [])))]
 pub async fn webhooks_rotate_secret(
@@ -230,7 +227,6 @@ pub async fn webhooks_rotate_secret(
         (status = 202, description = "A `webhook.test` event is queued for this webhook", body = super::openapi::QueuedTestEvent),
         (status = 403, response = super::openapi::Forbidden),
         (status = 404, response = super::openapi::NotFound),
-        (status = 409, response = super::openapi::Conflict),
     ),
     security(("api_key" = [])))]
 pub async fn webhooks_test(
