@@ -760,6 +760,32 @@ fn no_body_earns_a_server_error_through_the_router() {
             })
             .unwrap_or_else(|e| panic!("{e}"));
     }
+    // The optional rotate-secret body: raw bytes are accepted only when they
+    // are empty (JSON whitespace) or JSON.
+    let uri = format!("/api/webhooks/{webhook_id}/rotate-secret");
+    let mut runner = proptest::test_runner::TestRunner::new(cases(128));
+    let bytes = prop_oneof![
+        prop::collection::vec(
+            prop::sample::select(vec![b' ', b'\t', b'\n', b'\r', 0x0b, 0x0c, b'{', b'}']),
+            0..6
+        ),
+        prop::collection::vec(any::<u8>(), 0..32),
+    ];
+    runner
+        .run(&bytes, |bytes| {
+            let (status, answer) = h.send_bytes(Method::POST, &uri, Some(&h.key), bytes.clone());
+            let empty = bytes
+                .iter()
+                .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+            let json = serde_json::from_slice::<Value>(&bytes).is_ok();
+            match status.as_u16() {
+                200 => prop_assert!(empty || json, "{bytes:?} accepted: {answer}"),
+                400 | 422 => prop_assert!(!empty, "{bytes:?} refused: {answer}"),
+                other => prop_assert!(false, "{bytes:?} -> {other} {answer}"),
+            }
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(h.relay.lifecycle() == Lifecycle::Ready);
 }
 
@@ -875,4 +901,33 @@ fn control_key_bodies_name_the_bad_field() {
         parse_json(br#"{"name": "ops", "expires_in_days": 3}"#).expect("a valid body");
     assert_eq!(key.key.name, "ops");
     assert_eq!(key.key.expires_in_days, Some(3));
+}
+
+/// `rotate-secret` took a body of a lone form feed as "no body": ASCII
+/// whitespace is not JSON whitespace, so such a body is malformed JSON.
+#[test]
+fn rotate_secret_refuses_bodies_that_are_not_json_whitespace() {
+    let h = harness();
+    let (status, created) = h.send(
+        Method::POST,
+        "/api/webhooks",
+        Some(&h.key),
+        &json!({"url": "http://127.0.0.1:9/x", "events": ["*"]}),
+    );
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let uri = format!(
+        "/api/webhooks/{}/rotate-secret",
+        created["webhook_id"].as_str().expect("an id")
+    );
+    for (body, expected) in [
+        (&b"\x0c"[..], StatusCode::BAD_REQUEST),
+        (&b"\x0b"[..], StatusCode::BAD_REQUEST),
+        (&b" \x0c\n"[..], StatusCode::BAD_REQUEST),
+        (&b""[..], StatusCode::OK),
+        (&b" \t\r\n"[..], StatusCode::OK),
+        (&br#"{"grace_period_s": 0}"#[..], StatusCode::OK),
+    ] {
+        let (status, answer) = h.send_bytes(Method::POST, &uri, Some(&h.key), body.to_vec());
+        assert_eq!(status, expected, "{body:?}: {answer}");
+    }
 }
