@@ -45,9 +45,11 @@ pub struct Bootstrap {
     pub expires_in_days: i64,
 }
 
+/// Transparent rather than flattened: a flattened body loses the field path,
+/// so a wrong-typed field was reported as `body` (a property-test finding).
 #[derive(Debug, Deserialize)]
+#[serde(transparent)]
 pub struct LocalKey {
-    #[serde(flatten)]
     pub key: NewKey,
 }
 

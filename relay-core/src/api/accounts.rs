@@ -44,7 +44,6 @@ pub async fn keys_list(
     responses(
         (status = 201, description = "The key; `key` is shown this once", body = crate::accounts::CreatedKey),
         (status = 403, response = super::openapi::Forbidden),
-        (status = 404, response = super::openapi::NotFound),
         (status = 409, response = super::openapi::Conflict),
     ),
     security(("api_key" = [])))]
@@ -64,7 +63,6 @@ pub async fn keys_create(
         (status = 204, description = "The key is revoked"),
         (status = 403, response = super::openapi::Forbidden),
         (status = 404, response = super::openapi::NotFound),
-        (status = 409, response = super::openapi::Conflict),
     ),
     security(("api_key" = [])))]
 pub async fn keys_revoke(
@@ -119,7 +117,6 @@ pub async fn users_create(
         (status = 200, description = "The user, disabled with every one of its keys", body = crate::accounts::UserView),
         (status = 403, response = super::openapi::Forbidden),
         (status = 404, response = super::openapi::NotFound),
-        (status = 409, response = super::openapi::Conflict),
     ),
     security(("api_key" = [])))]
 pub async fn users_disable(

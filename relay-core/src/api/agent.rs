@@ -17,7 +17,6 @@ use crate::auth::bearer;
     responses(
         (status = 201, description = "The device id and its agent token, shown this once", body = crate::agents::EnrollResponse),
         (status = 401, response = super::openapi::Unauthorized),
-        (status = 409, response = super::openapi::Conflict),
     ),
     security(()))]
 pub async fn enroll(
@@ -32,7 +31,6 @@ pub async fn enroll(
     responses(
         (status = 200, description = "What the agent should do next", body = crate::agents::CheckinResponse),
         (status = 401, response = super::openapi::Unauthorized),
-        (status = 409, response = super::openapi::Conflict),
     ),
     security(("agent_token" = [])))]
 pub async fn checkin(

@@ -252,6 +252,73 @@ body_props!(
     &["name", "expires_in_days"]
 );
 
+body_props!(
+    local_key_bodies,
+    crate::control::LocalKey,
+    &[
+        "name",
+        "user_id",
+        "expires_in_days",
+        "expires_at",
+        "rate_limit"
+    ]
+);
+
+proptest! {
+    #![proptest_config(cases(256))]
+
+    /// The KEV catalog file: any bytes or near-valid catalogs load or are
+    /// refused with a `KevError`; valid CVE ids always load.
+    #[test]
+    fn kev_files_load_or_are_refused(
+        entries in prop::collection::vec(prop_oneof![
+            (1999u32..2100, 1000u32..10_000_000).prop_map(|(y, n)| format!("CVE-{y}-{n}")),
+            interesting_string(),
+        ], 0..8),
+        version in prop::option::of(interesting_string()),
+        noise in prop::collection::vec(any::<u8>(), 0..128),
+    ) {
+        let _ = crate::vulns::parse_kev(&noise);
+        let file = json!({
+            "catalogVersion": version,
+            "vulnerabilities": entries.iter().map(|c| json!({"cveID": c})).collect::<Vec<_>>(),
+        });
+        let parsed = crate::vulns::parse_kev(&serde_json::to_vec(&file).expect("serialises"));
+        let all_valid = entries.iter().all(|c| crate::inventory::normalize_cve(c).is_some());
+        match parsed {
+            Ok(catalog) => {
+                prop_assert!(all_valid);
+                prop_assert_eq!(catalog.version, version);
+            }
+            Err(crate::vulns::KevError::BadCve { index }) => {
+                prop_assert!(crate::inventory::normalize_cve(&entries[index]).is_none());
+            }
+            Err(e) => prop_assert!(false, "{e}"),
+        }
+    }
+
+    /// mDNS announcements from the LAN: any names, addresses and TXT
+    /// records are bounded or refused, never a panic.
+    #[test]
+    fn announcements_are_bounded_or_refused(
+        fullname in prop_oneof![".{0,80}", "[a-z0-9-]{1,70}\\._ppagent\\._tcp\\.local\\."],
+        hostname in ".{0,300}",
+        addresses in prop::collection::vec((any::<[u8; 4]>(), ".{0,8}"), 0..20),
+        port in any::<u16>(),
+        txt in prop::collection::vec((".{0,40}", ".{0,300}"), 0..40),
+    ) {
+        let addresses = addresses
+            .into_iter()
+            .map(|(a, scope)| (std::net::IpAddr::from(a), scope))
+            .collect();
+        if let Ok(a) = crate::discovery::Announcement::try_new(&fullname, &hostname, addresses, port, txt) {
+            prop_assert!(a.instance.len() <= 63);
+            prop_assert!(!a.addresses.is_empty());
+            prop_assert!(a.hostname.len() <= hostname.len());
+        }
+    }
+}
+
 fn text() -> impl Strategy<Value = String> {
     "[ -~]{0,40}"
 }
@@ -693,6 +760,32 @@ fn no_body_earns_a_server_error_through_the_router() {
             })
             .unwrap_or_else(|e| panic!("{e}"));
     }
+    // The optional rotate-secret body: raw bytes are accepted only when they
+    // are empty (JSON whitespace) or JSON.
+    let uri = format!("/api/webhooks/{webhook_id}/rotate-secret");
+    let mut runner = proptest::test_runner::TestRunner::new(cases(128));
+    let bytes = prop_oneof![
+        prop::collection::vec(
+            prop::sample::select(vec![b' ', b'\t', b'\n', b'\r', 0x0b, 0x0c, b'{', b'}']),
+            0..6
+        ),
+        prop::collection::vec(any::<u8>(), 0..32),
+    ];
+    runner
+        .run(&bytes, |bytes| {
+            let (status, answer) = h.send_bytes(Method::POST, &uri, Some(&h.key), bytes.clone());
+            let empty = bytes
+                .iter()
+                .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+            let json = serde_json::from_slice::<Value>(&bytes).is_ok();
+            match status.as_u16() {
+                200 => prop_assert!(empty || json, "{bytes:?} accepted: {answer}"),
+                400 | 422 => prop_assert!(!empty, "{bytes:?} refused: {answer}"),
+                other => prop_assert!(false, "{bytes:?} -> {other} {answer}"),
+            }
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(h.relay.lifecycle() == Lifecycle::Ready);
 }
 
@@ -793,5 +886,48 @@ fn min_cvss_is_range_checked_before_rounding() {
             Vec::new(),
         );
         assert_eq!(status, expected, "{query}: {body}");
+    }
+}
+
+/// The control socket's key body was flattened, and a wrong-typed field was
+/// reported as `body` instead of by name (found by `local_key_bodies`).
+#[test]
+fn control_key_bodies_name_the_bad_field() {
+    match parse_json::<crate::control::LocalKey>(br#"{"name": 5, "expires_in_days": 3}"#) {
+        Err(ApiError::Invalid(errors)) => assert_eq!(errors[0].field, "name"),
+        other => panic!("expected 422 naming `name`, got {other:?}"),
+    }
+    let key: crate::control::LocalKey =
+        parse_json(br#"{"name": "ops", "expires_in_days": 3}"#).expect("a valid body");
+    assert_eq!(key.key.name, "ops");
+    assert_eq!(key.key.expires_in_days, Some(3));
+}
+
+/// `rotate-secret` took a body of a lone form feed as "no body": ASCII
+/// whitespace is not JSON whitespace, so such a body is malformed JSON.
+#[test]
+fn rotate_secret_refuses_bodies_that_are_not_json_whitespace() {
+    let h = harness();
+    let (status, created) = h.send(
+        Method::POST,
+        "/api/webhooks",
+        Some(&h.key),
+        &json!({"url": "http://127.0.0.1:9/x", "events": ["*"]}),
+    );
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let uri = format!(
+        "/api/webhooks/{}/rotate-secret",
+        created["webhook_id"].as_str().expect("an id")
+    );
+    for (body, expected) in [
+        (&b"\x0c"[..], StatusCode::BAD_REQUEST),
+        (&b"\x0b"[..], StatusCode::BAD_REQUEST),
+        (&b" \x0c\n"[..], StatusCode::BAD_REQUEST),
+        (&b""[..], StatusCode::OK),
+        (&b" \t\r\n"[..], StatusCode::OK),
+        (&br#"{"grace_period_s": 0}"#[..], StatusCode::OK),
+    ] {
+        let (status, answer) = h.send_bytes(Method::POST, &uri, Some(&h.key), body.to_vec());
+        assert_eq!(status, expected, "{body:?}: {answer}");
     }
 }

@@ -146,6 +146,7 @@ pub struct Paging {
 
 /// `GET /healthz`, `GET /readyz`.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct HealthStatus {
     /// `ok` (liveness) or `ready` (readiness).
     #[schema(pattern = "^(ok|ready)$")]
@@ -153,18 +154,21 @@ pub struct HealthStatus {
 }
 
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct KevCatalog {
     pub version: Option<String>,
     pub entries: u64,
 }
 
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct WebhookDrops {
     pub retention: u64,
     pub outbox_full: u64,
 }
 
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct WebhookInfo {
     pub count: u64,
     #[schema(pattern = "^(unknown|down|up|partial)$")]
@@ -180,6 +184,7 @@ pub struct WebhookInfo {
 
 /// `GET /api/relay`.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RelayInfo {
     pub relay_id: String,
     pub version: String,
@@ -198,6 +203,7 @@ pub struct RelayInfo {
 
 /// One update of a device.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct DeviceUpdate {
     pub update_id: String,
     pub kb: Option<String>,
@@ -211,6 +217,7 @@ pub struct DeviceUpdate {
 }
 
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct DeviceComplianceState {
     pub compliant: bool,
     pub reasons: Vec<Reason>,
@@ -241,6 +248,7 @@ pub struct DeviceDetail {
 
 /// `GET /api/discovered`.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct DiscoveredList {
     pub discovered: Vec<DiscoveredRecord>,
     pub total: u64,
@@ -249,6 +257,7 @@ pub struct DiscoveredList {
 
 /// `GET /api/vulnerabilities`.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct VulnerabilityList {
     pub vulnerabilities: Vec<Vulnerability>,
     pub total: u64,
@@ -257,6 +266,7 @@ pub struct VulnerabilityList {
 
 /// `GET /api/compliance/snapshots`.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SnapshotList {
     pub snapshots: Vec<SnapshotListing>,
     pub total: u64,
@@ -265,6 +275,7 @@ pub struct SnapshotList {
 
 /// A reboot schedule.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RebootScheduleView {
     pub schedule_id: ScheduleId,
     pub device_id: DeviceId,
@@ -278,6 +289,7 @@ pub struct RebootScheduleView {
 
 /// A device in `GET /api/reboot-management`.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RebootRowView {
     pub device_id: DeviceId,
     pub hostname: String,
@@ -291,6 +303,7 @@ pub struct RebootRowView {
 
 /// `GET /api/reboot-management`.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RebootList {
     pub devices: Vec<RebootRowView>,
     pub total: u64,
@@ -299,6 +312,7 @@ pub struct RebootList {
 
 /// A patch exclusion.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ExclusionView {
     pub exclusion_id: ExclusionId,
     pub kind: ExclusionKind,
@@ -313,6 +327,7 @@ pub struct ExclusionView {
 
 /// `GET /api/patch-exclusions`.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ExclusionList {
     pub exclusions: Vec<ExclusionView>,
     pub total: u64,
@@ -359,6 +374,7 @@ pub struct AuditList {
 
 /// `GET /api/keys`: every key, on one page.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct KeyList {
     pub keys: Vec<KeyView>,
     pub total: u64,
@@ -367,6 +383,7 @@ pub struct KeyList {
 
 /// `GET /api/users`: every user, on one page.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UserList {
     pub users: Vec<crate::accounts::UserView>,
     pub total: u64,
@@ -375,6 +392,7 @@ pub struct UserList {
 
 /// A webhook; never its secret.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct WebhookView {
     pub webhook_id: WebhookId,
     pub url: String,
@@ -399,6 +417,7 @@ pub struct CreatedWebhook {
 
 /// `GET /api/webhooks`.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct WebhookList {
     pub webhooks: Vec<WebhookView>,
     pub total: u64,
@@ -407,6 +426,7 @@ pub struct WebhookList {
 
 /// `POST /api/webhooks/{webhook_id}/rotate-secret`.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RotatedSecret {
     pub webhook_id: WebhookId,
     pub secret: String,
@@ -415,6 +435,7 @@ pub struct RotatedSecret {
 
 /// `POST /api/webhooks/{webhook_id}/test`.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct QueuedTestEvent {
     pub event_id: EventId,
     pub sequence: u64,
@@ -424,6 +445,7 @@ pub struct QueuedTestEvent {
 }
 
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct AttemptView {
     pub delivery_id: DeliveryId,
     pub attempted_at: Timestamp,
@@ -433,6 +455,7 @@ pub struct AttemptView {
 
 /// One event's delivery to one webhook.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct DeliveryView {
     pub delivery_id: DeliveryId,
     pub event_id: EventId,
@@ -450,6 +473,7 @@ pub struct DeliveryView {
 
 /// `GET /api/webhooks/{webhook_id}/deliveries`.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct DeliveryList {
     pub deliveries: Vec<DeliveryView>,
     pub total: u64,

@@ -90,7 +90,6 @@ pub async fn reboots_list(
         (status = 201, description = "The reboot is scheduled", body = super::openapi::RebootScheduleView),
         (status = 403, response = super::openapi::Forbidden),
         (status = 404, response = super::openapi::NotFound),
-        (status = 409, response = super::openapi::Conflict),
     ),
     security(("api_key" = [])))]
 pub async fn reboots_schedule(
@@ -111,7 +110,6 @@ pub async fn reboots_schedule(
         (status = 204, description = "The open schedule is cancelled"),
         (status = 403, response = super::openapi::Forbidden),
         (status = 404, response = super::openapi::NotFound),
-        (status = 409, response = super::openapi::Conflict),
     ),
     security(("api_key" = [])))]
 pub async fn reboots_cancel(
