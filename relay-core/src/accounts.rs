@@ -150,13 +150,24 @@ impl Relay {
     pub async fn disable_user(&self, id: UserId) -> RelayResult<UserView> {
         let mut user = self.auth.user(id).ok_or(RelayError::NotFound("user"))?;
         if !user.disabled {
-            user.disabled = true;
-            user.disabled_at = Some(self.clock.now());
-            let mut batch = Batch::new();
-            batch.put(Table::Users, id.to_bytes().to_vec(), &user);
-            self.store.writer().apply(batch)?;
+            // Checked under the writer lock, so two admins disabling each
+            // other at once cannot both succeed.
+            {
+                let mut writer = self.store.writer();
+                if user.role == Role::Admin && !self.auth.has_other_admin(id) {
+                    return Err(RelayError::Conflict {
+                        detail: "this is the last enabled admin: create another admin before disabling it"
+                            .into(),
+                    });
+                }
+                user.disabled = true;
+                user.disabled_at = Some(self.clock.now());
+                let mut batch = Batch::new();
+                batch.put(Table::Users, id.to_bytes().to_vec(), &user);
+                writer.apply(batch)?;
+                self.auth.put_user(user.clone());
+            }
             self.store.durable().await?;
-            self.auth.put_user(user.clone());
             tracing::info!(user_id = %id, "user disabled");
         }
         Ok(user.into())

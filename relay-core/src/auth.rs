@@ -238,6 +238,14 @@ impl AuthCache {
             .any(|u| u.role == Role::Admin && !u.disabled)
     }
 
+    /// Whether an enabled admin other than `id` exists.
+    pub fn has_other_admin(&self, id: UserId) -> bool {
+        let t = self.tables.read().unwrap_or_else(|p| p.into_inner());
+        t.users
+            .values()
+            .any(|u| u.role == Role::Admin && !u.disabled && u.user_id != id)
+    }
+
     /// Checks a presented `Authorization` value.
     ///
     /// # Errors

@@ -443,3 +443,29 @@ async fn agents_pin_the_advertised_fingerprint_and_refuse_any_other() {
     assert_eq!(enrolled.ok, 0, "a client with the wrong pin got through");
     assert_eq!(Api::new(&relay).get("/api/devices").await.body["total"], 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_enabled_admin_cannot_be_disabled() {
+    let relay = RelayProcess::start("").expect("the relay starts");
+    let api = Api::new(&relay);
+    let me = relay.admin_user.clone();
+    let r = api
+        .post(&format!("/api/users/{me}/disable"), json!({}))
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text);
+    assert_eq!(
+        api.get("/api/devices").await.status,
+        200,
+        "the admin key still works"
+    );
+    // With a second admin, the first may go, and its keys stop at once.
+    let other = api
+        .post("/api/users", json!({"name": "second", "role": "admin"}))
+        .await;
+    assert_eq!(other.status, 201);
+    let r = api
+        .post(&format!("/api/users/{me}/disable"), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(api.get("/api/devices").await.status, 401);
+}

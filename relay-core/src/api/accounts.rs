@@ -117,6 +117,7 @@ pub async fn users_create(
         (status = 200, description = "The user, disabled with every one of its keys", body = crate::accounts::UserView),
         (status = 403, response = super::openapi::Forbidden),
         (status = 404, response = super::openapi::NotFound),
+        (status = 409, response = super::openapi::Conflict),
     ),
     security(("api_key" = [])))]
 pub async fn users_disable(
