@@ -27,14 +27,12 @@ pub mod harness;
 pub mod linux;
 pub mod mdns;
 pub mod netns;
-pub mod products;
 pub mod profiles;
 pub mod protocol;
 pub mod pytools;
 pub mod receiver;
 pub mod sim;
 pub mod stats;
-pub mod systeminfo;
 pub mod timefmt;
 
 pub use agent::{Agent, Behaviour};

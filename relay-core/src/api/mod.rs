@@ -16,10 +16,12 @@
 //! | `GET/POST /api/webhooks`, `GET/PATCH/DELETE /api/webhooks/:id` | webhooks |
 //! | `POST /api/webhooks/:id/rotate-secret`, `POST /api/webhooks/:id/test` | secret rotation, test event |
 //! | `GET /api/webhooks/:id/deliveries` | a webhook's deliveries and attempts |
+//! | `POST /api/assessments` | offline assessment of a Windows machine (systeminfo or JSON) |
 //! | `POST /agent/v1/enroll`, `POST /agent/v1/checkin` | agents |
 
 mod accounts;
 mod agent;
+pub(crate) mod assessments;
 mod compliance;
 mod devices;
 mod discovered;
@@ -107,6 +109,7 @@ pub fn router(relay: Arc<Relay>) -> Router {
             "/webhooks/{webhook_id}/deliveries",
             get(webhooks::webhooks_deliveries),
         )
+        .route("/assessments", post(assessments::assessments_create))
         .fallback(middleware::not_found)
         .layer(axum::middleware::from_fn_with_state(
             relay.clone(),

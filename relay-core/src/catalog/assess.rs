@@ -87,6 +87,10 @@ fn cve_id(text: &str) -> Option<&str> {
     .then_some(text)
 }
 
+fn is_kb_number(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())
+}
+
 fn released_at(date: u32) -> String {
     format!(
         "{:04}-{:02}-{:02}T00:00:00Z",
@@ -134,18 +138,35 @@ impl Catalog {
         })
     }
 
-    /// Row indices of a product (all its spellings).
+    /// The catalog product keys of a Windows product: its spellings, and
+    /// the components shipped on it (`Internet Explorer 11 on …`,
+    /// `Microsoft .NET Framework 4.8 on …`), whose updates are KBs for that
+    /// Windows too.
+    pub fn product_keys_of(&self, product: &WindowsProduct) -> Vec<&str> {
+        let spellings: Vec<String> = product.spellings().map(product_key).collect();
+        let suffixes: Vec<String> = spellings.iter().map(|s| format!(" on {s}")).collect();
+        let mut keys: Vec<&str> = self
+            .product_keys()
+            .filter(|k| {
+                spellings.iter().any(|s| k == s) || suffixes.iter().any(|s| k.ends_with(s.as_str()))
+            })
+            .collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    /// Row indices of a product (all its spellings and components).
     pub fn product_rows(&self, product: &WindowsProduct) -> Vec<u32> {
-        let mut keys: Vec<String> = product.spellings().map(product_key).collect();
-        keys.dedup();
-        keys.iter()
+        self.product_keys_of(product)
+            .into_iter()
             .flat_map(|k| self.rows_of_product_key(k).iter().copied())
             .collect()
     }
 
-    /// Every KB reachable from `roots` over supersedence links (roots excluded
-    /// unless reached from another root).
-    fn reachable(&self, roots: impl IntoIterator<Item = u32>) -> HashSet<u32> {
+    /// Every KB (string index) superseded, directly or transitively over the
+    /// whole catalog, by one of `roots` (a root only when another root
+    /// supersedes it).
+    pub fn superseded_by(&self, roots: impl IntoIterator<Item = u32>) -> HashSet<u32> {
         let mut seen = HashSet::new();
         let mut stack: Vec<u32> = roots
             .into_iter()
@@ -166,26 +187,27 @@ impl Catalog {
         kev: &HashSet<String>,
     ) -> (Vec<MissingUpdate>, Vec<AssessedCve>) {
         let installed_ids: Vec<u32> = installed.iter().filter_map(|k| self.kb_id(k)).collect();
-        let mut covered = self.reachable(installed_ids.iter().copied());
+        let mut covered = self.superseded_by(installed_ids.iter().copied());
         covered.extend(installed_ids.iter().copied());
 
         // Outstanding KB -> its rows.
         let mut outstanding: HashMap<u32, Vec<u32>> = HashMap::new();
         for i in self.product_rows(product) {
             let row = &self.rows()[i as usize];
-            if row.kb != NONE && !covered.contains(&row.kb) {
+            // `Release Notes`, `Update Information` and the like name no
+            // update to install.
+            if row.kb != NONE && is_kb_number(self.str(row.kb)) && !covered.contains(&row.kb) {
                 outstanding.entry(row.kb).or_default().push(i);
             }
         }
-        let replaced = self.reachable(outstanding.keys().copied());
+        let replaced = self.superseded_by(outstanding.keys().copied());
 
         let mut open: BTreeMap<&str, Severity> = BTreeMap::new();
         let mut missing = Vec::new();
         for (kb, rows) in &outstanding {
             let mut cves = BTreeSet::new();
             let mut severity = Severity::Unknown;
-            let mut date = u32::MAX;
-            let mut titles: BTreeMap<&str, u32> = BTreeMap::new();
+            let mut dates: BTreeMap<u32, u32> = BTreeMap::new();
             for &i in rows {
                 let row = &self.rows()[i as usize];
                 if let Some(cve) = cve_id(self.str(row.cve)) {
@@ -194,23 +216,29 @@ impl Catalog {
                     *sev = (*sev).max(row.severity);
                 }
                 severity = severity.max(row.severity);
-                date = date.min(row.date);
-                *titles.entry(self.str(row.title)).or_default() += 1;
+                *dates.entry(row.date).or_default() += 1;
             }
             if replaced.contains(kb) {
                 continue;
             }
-            // The most frequent title (the per-CVE rows of a monthly update
-            // mostly share one); ties go to the first in order.
-            let title = titles
+            // The catalog's `Title` names each CVE, not the update; the
+            // release is the most frequent `DatePosted` (later revisions
+            // add a few rows with later dates), ties to the earliest.
+            let date = dates
                 .iter()
-                .max_by_key(|(t, n)| (**n, std::cmp::Reverse(*t)))
-                .map_or("", |(t, _)| t);
+                .max_by_key(|(d, n)| (**n, std::cmp::Reverse(**d)))
+                .map_or(0, |(d, _)| *d);
+            let kb_text = self.str(*kb);
             missing.push((
                 date,
                 MissingUpdate {
-                    kb: format!("KB{}", self.str(*kb)),
-                    title: title.to_owned(),
+                    kb: format!("KB{kb_text}"),
+                    title: format!(
+                        "{:04}-{:02} Security Update for {} (KB{kb_text})",
+                        date / 10_000,
+                        date / 100 % 100,
+                        product.name
+                    ),
                     severity,
                     cves: cves.into_iter().map(str::to_owned).collect(),
                     released_at: released_at(date),
@@ -261,6 +289,7 @@ mod tests {
             row("20240709", "CVE-2024-0008", "500", P, "Low", "450"),
             row("20240709", "CVE-2024-0009", "", P, "Low", ""),
             row("20240709", "CVE-2024-0010", "600", q, "Critical", ""),
+            row("20240709", "CVE-2024-0012", "Release Notes", P, "Low", ""),
         ]
         .concat();
         parse_definitions(&zip_of(&rows, None)).expect("parses")

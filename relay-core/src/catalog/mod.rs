@@ -26,6 +26,7 @@ pub use parse::{parse_definitions, parse_definitions_with_progress, MAX_UNPACKED
 pub use persist::{load, stage_catalog, stored_meta, StoredCatalogMeta};
 pub use products::{Arch, WindowsProduct};
 pub(crate) use relay::load_for_relay;
+pub use relay::parse_os_build;
 
 /// Why a catalog was refused.
 #[derive(Debug, thiserror::Error)]

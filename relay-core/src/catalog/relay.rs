@@ -109,3 +109,69 @@ impl Relay {
         Some(catalog.assess(query, &kev.cves))
     }
 }
+
+/// The build number of an `os_build` as agents and clients send it:
+/// `19045`, `10.0.19045` or `10.0.19045.3803`.
+pub fn parse_os_build(text: &str) -> Option<u32> {
+    let parts: Vec<&str> = text.trim().split('.').collect();
+    let build = match parts.len() {
+        1 => parts[0],
+        3 | 4 => parts[2],
+        _ => return None,
+    };
+    if build.is_empty() || build.len() > 6 || !build.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    build.parse().ok()
+}
+
+impl Relay {
+    /// The offline assessment of an enrolled Windows device that reports its
+    /// build: `Ok(None)` when it does not apply (no catalog, not Windows, no
+    /// build), `Err(reason)` when the build or its KBs cannot be assessed.
+    /// Agents report no architecture; x64 is assumed unless the OS name
+    /// says ARM.
+    pub fn device_assessment(
+        &self,
+        device: &crate::devices::DeviceRecord,
+    ) -> Result<Option<Assessment>, String> {
+        if device.os_family != crate::inventory::OsFamily::Windows {
+            return Ok(None);
+        }
+        let Some(os_build) = &device.os_build else {
+            return Ok(None);
+        };
+        let build = parse_os_build(os_build)
+            .ok_or_else(|| format!("os_build {os_build:?} is not a build"))?;
+        let arch = if device.os_name.to_ascii_lowercase().contains("arm") {
+            super::Arch::Arm64
+        } else {
+            super::Arch::X64
+        };
+        let query = AssessmentQuery {
+            build,
+            arch,
+            server: super::products::is_server_name(&device.os_name),
+            installed_kbs: device.installed_kbs.clone(),
+        };
+        match self.assess(&query) {
+            None => Ok(None),
+            Some(result) => result.map(Some).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_os_build;
+
+    #[test]
+    fn os_builds_in_every_spelling() {
+        assert_eq!(parse_os_build("19045"), Some(19045));
+        assert_eq!(parse_os_build("10.0.19045"), Some(19045));
+        assert_eq!(parse_os_build(" 10.0.22631.2861 "), Some(22631));
+        for bad in ["", "10.0", "abc", "10.0.x", "1.2.3.4.5", "99999999"] {
+            assert_eq!(parse_os_build(bad), None, "{bad}");
+        }
+    }
+}

@@ -44,14 +44,13 @@ pub enum SystemInfoError {
     UnknownSystemType(String),
 }
 
-/// Per language: (code, host name, original install date, day-first dates).
-const LANGUAGES: [(&str, &[&str], &[&str], bool); 7] = [
-    ("en", &["Host Name"], &["Original Install Date"], false),
+/// Per language: (code, host name, original install date).
+const LANGUAGES: [(&str, &[&str], &[&str]); 7] = [
+    ("en", &["Host Name"], &["Original Install Date"]),
     (
         "de",
         &["Hostname", "Host-Name"],
         &["Ursprüngliches Installationsdatum"],
-        true,
     ),
     (
         "fr",
@@ -60,32 +59,19 @@ const LANGUAGES: [(&str, &[&str], &[&str], bool); 7] = [
             "Date d’installation originale",
             "Date d'installation originale",
         ],
-        true,
     ),
     (
         "es",
         &["Nombre de host"],
         &["Fecha de instalación original"],
-        true,
     ),
-    (
-        "it",
-        &["Nome host"],
-        &["Data di installazione originale"],
-        true,
-    ),
+    ("it", &["Nome host"], &["Data di installazione originale"]),
     (
         "pt",
         &["Nome do host"],
         &["Data da instalação original", "Data da Instalação Original"],
-        true,
     ),
-    (
-        "nl",
-        &["Hostnaam"],
-        &["Oorspronkelijke installatiedatum"],
-        true,
-    ),
+    ("nl", &["Hostnaam"], &["Oorspronkelijke installatiedatum"]),
 ];
 
 /// Decodes the bytes of a `systeminfo` dump: UTF-8 (with or without BOM)
@@ -156,11 +142,11 @@ pub fn parse_systeminfo(text: &str) -> Result<SystemInfo, SystemInfoError> {
     let mut language = None;
     let mut host_name = None;
     let mut install_date = None;
-    for (code, host, install, day_first) in LANGUAGES {
+    for (code, host, install) in LANGUAGES {
         if let Some(h) = value_of(host) {
             language = Some(code);
             host_name = Some(h.to_owned());
-            install_date = value_of(install).and_then(|d| parse_local_date(d, day_first));
+            install_date = value_of(install).and_then(parse_local_date);
             break;
         }
     }
@@ -208,10 +194,14 @@ fn parse_os_version(value: &str) -> Option<(String, u32)> {
     Some((version.to_owned(), build))
 }
 
-/// A local date (`7/22/2020, 10:04:12 AM`, `22.07.2020, 10:04:12`,
-/// `22/07/2020 10:04:12`, `22-7-2020`) -> `2020-07-22`. `day_first` decides
-/// between month/day and day/month for slashed dates.
-fn parse_local_date(value: &str, day_first: bool) -> Option<String> {
+/// A local date -> `YYYY-MM-DD`. `systeminfo` writes dates in the
+/// machine's regional format, which need not match its display language
+/// (an English Windows with German regional settings writes `3.10.2018`),
+/// so the format decides, not the language: `y-m-d` when the first part has
+/// four digits; month first only for slashes with a 12-hour clock (en-US,
+/// `7/22/2020, 10:04:12 AM`); day first otherwise (`22.07.2020, 10:04:12`,
+/// `22/07/2020 10:04:12`, `22-7-2020`).
+fn parse_local_date(value: &str) -> Option<String> {
     let date = value.split([',', ' ']).next()?;
     let parts: Vec<u32> = date
         .split(['/', '.', '-'])
@@ -220,12 +210,14 @@ fn parse_local_date(value: &str, day_first: bool) -> Option<String> {
     let [a, b, c] = parts[..] else {
         return None;
     };
+    let upper = value.to_ascii_uppercase();
+    let twelve_hour = upper.contains("AM") || upper.contains("PM");
     let (year, month, day) = if a > 31 {
         (a, b, c)
-    } else if day_first {
-        (c, b, a)
-    } else {
+    } else if date.contains('/') && twelve_hour {
         (c, a, b)
+    } else {
+        (c, b, a)
     };
     let ok = (1..=12).contains(&month) && (1..=31).contains(&day) && year >= 1990;
     ok.then(|| format!("{year:04}-{month:02}-{day:02}"))
