@@ -208,8 +208,10 @@ impl Catalog {
             let mut cves = BTreeSet::new();
             let mut severity = Severity::Unknown;
             let mut dates: BTreeMap<u32, u32> = BTreeMap::new();
+            let mut products: BTreeMap<&str, u32> = BTreeMap::new();
             for &i in rows {
                 let row = &self.rows()[i as usize];
+                *products.entry(self.str(row.product)).or_default() += 1;
                 if let Some(cve) = cve_id(self.str(row.cve)) {
                     cves.insert(cve);
                     let sev = open.entry(cve).or_insert(row.severity);
@@ -229,6 +231,17 @@ impl Catalog {
                 .max_by_key(|(d, n)| (**n, std::cmp::Reverse(**d)))
                 .map_or(0, |(d, _)| *d);
             let kb_text = self.str(*kb);
+            // Named for the Windows itself when it lists the KB, else for
+            // the component most of its rows name (`… .NET Framework 4.8 on …`).
+            let main_key = product_key(&product.name);
+            let named_for = if products.keys().any(|p| product_key(p) == main_key) {
+                product.name.as_str()
+            } else {
+                products
+                    .iter()
+                    .max_by_key(|(p, n)| (**n, std::cmp::Reverse(*p)))
+                    .map_or(product.name.as_str(), |(p, _)| p.trim())
+            };
             missing.push((
                 date,
                 MissingUpdate {
@@ -237,7 +250,7 @@ impl Catalog {
                         "{:04}-{:02} Security Update for {} (KB{kb_text})",
                         date / 10_000,
                         date / 100 % 100,
-                        product.name
+                        named_for
                     ),
                     severity,
                     cves: cves.into_iter().map(str::to_owned).collect(),
