@@ -300,42 +300,42 @@ mod tests {
         (
             "10_1809",
             "Windows 10 Version 1809 for x64-based Systems",
-            6,
+            33,
         ),
         (
             "10_21H2",
             "Windows 10 Version 21H2 for x64-based Systems",
-            3,
+            16,
         ),
         (
             "10_22H2",
             "Windows 10 Version 22H2 for x64-based Systems",
-            2,
+            15,
         ),
         (
             "11_21H2",
             "Windows 11 Version 21H2 for x64-based Systems",
-            6,
+            15,
         ),
         (
             "11_22H2",
             "Windows 11 Version 22H2 for x64-based Systems",
-            1,
+            11,
         ),
         (
             "11_23H2",
             "Windows 11 Version 23H2 for x64-based Systems",
-            1,
+            10,
         ),
         (
             "7_sp1",
             "Windows 7 for x64-based Systems Service Pack 1",
-            217,
+            280,
         ),
-        ("8.1_u1", "Windows 8.1 for x64-based Systems", 230),
-        ("srv_2016", "Windows Server 2016", 12),
-        ("srv_2019", "Windows Server 2019", 8),
-        ("srv_2022", "Windows Server 2022", 29),
+        ("8.1_u1", "Windows 8.1 for x64-based Systems", 307),
+        ("srv_2016", "Windows Server 2016", 39),
+        ("srv_2019", "Windows Server 2019", 33),
+        ("srv_2022", "Windows Server 2022", 45),
     ];
 
     #[test]
