@@ -150,25 +150,44 @@ fn is_cve(text: &str) -> bool {
     relay_core::inventory::normalize_cve(text).is_some_and(|c| c == text)
 }
 
-fn run_wes(wes: &Path, definitions: &Path, file: &Path, out_dir: &Path) -> WesAnswer {
-    let csv_path = out_dir.join(format!(
-        "{}.csv",
-        file.file_stem().expect("a name").to_string_lossy()
-    ));
-    let out = Command::new(wes)
-        .arg("--definitions")
-        .arg(definitions)
-        .arg(file)
-        .arg("-o")
-        .arg(&csv_path)
-        .output()
-        .expect("wes runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "wes failed on {}: {stdout}",
-        file.display()
-    );
+/// Runs WES-NG on `file`. Its output is kept beside the tool's environment,
+/// keyed on the WES-NG version and the exact bytes of the definitions and
+/// the file, so a later run with the same inputs reuses it (WES-NG reads the
+/// whole 136 MB CSV on every run).
+fn run_wes(wes: &Path, definitions: &Path, file: &Path) -> WesAnswer {
+    use sha2::{Digest, Sha256};
+    let mut key = Sha256::new();
+    key.update(WESNG.as_bytes());
+    key.update(std::fs::read(definitions).expect("definitions"));
+    key.update(std::fs::read(file).expect("systeminfo"));
+    let cache = relay_tests::pytools::tools_root().join("wes-output");
+    std::fs::create_dir_all(&cache).expect("cache dir");
+    let stem = cache.join(hex::encode(key.finalize()));
+    let csv_path = stem.with_extension("csv");
+    let out_path = stem.with_extension("out");
+    if !out_path.exists() {
+        let partial = stem.with_extension("csv.partial");
+        let _ = std::fs::remove_file(&partial);
+        let out = Command::new(wes)
+            .arg("--definitions")
+            .arg(definitions)
+            .arg(file)
+            .arg("-o")
+            .arg(&partial)
+            .output()
+            .expect("wes runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "wes failed on {}: {stdout}",
+            file.display()
+        );
+        if partial.exists() {
+            std::fs::rename(&partial, &csv_path).expect("keep the csv");
+        }
+        std::fs::write(&out_path, out.stdout.as_slice()).expect("keep the output");
+    }
+    let stdout = std::fs::read_to_string(&out_path).expect("wes output");
     let mut answer = WesAnswer {
         product: stdout
             .lines()
@@ -384,7 +403,6 @@ async fn relay_and_wesng_agree_or_the_difference_is_named() {
         catalog::parse_definitions(&std::fs::read(&definitions).expect("definitions"))
             .expect("catalog"),
     );
-    let scratch = tempfile::tempdir().expect("tempdir");
     let files = systeminfo_files();
     assert_eq!(files.len(), CASES.len());
     // WES-NG reads the whole 136 MB CSV on every run (several seconds):
@@ -394,7 +412,7 @@ async fn relay_and_wesng_agree_or_the_difference_is_named() {
         let answers: Vec<WesAnswer> = std::thread::scope(|s| {
             let runs: Vec<_> = chunk
                 .iter()
-                .map(|f| s.spawn(|| run_wes(&wes, &definitions, f, scratch.path())))
+                .map(|f| s.spawn(|| run_wes(&wes, &definitions, f)))
                 .collect();
             runs.into_iter()
                 .map(|r| r.join().expect("a wes run"))
