@@ -705,6 +705,42 @@ async fn bad_input_is_refused_and_devices_show_their_assessment() {
         "an unpatched Windows 7 has known-exploited CVEs open: {flagged}"
     );
 
+    // A catalog with a malformed row is refused whole, naming the place,
+    // and the catalog in use stays.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad_zip = dir.path().join("definitions.zip");
+    {
+        use std::io::Write;
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&bad_zip).expect("create"));
+        let opts = zip::write::SimpleFileOptions::default();
+        zip.start_file("CVEs_20270101.csv", opts).expect("zip");
+        zip.write_all(
+            b"\"DatePosted\",\"CVE\",\"BulletinKB\",\"Title\",\"AffectedProduct\",\"AffectedComponent\",\"Severity\",\"Impact\",\"Supersedes\",\"Exploits\"\n\
+              \"20270112\",\"CVE-2027-0001\",\"5100001\",\"t\",\"Windows Server 2022\",\"\",\"Critical\",\"\",\"\",\"\"\n\
+              \"2027-01-12\",\"CVE-2027-0002\",\"5100002\",\"t\",\"Windows Server 2022\",\"\",\"Critical\",\"\",\"\",\"\"\n",
+        )
+        .expect("zip");
+        zip.finish().expect("zip");
+    }
+    let err = relay
+        .cli(&["import-catalog", bad_zip.to_str().expect("utf-8")])
+        .expect_err("a malformed catalog is refused");
+    assert!(
+        format!("{err:#}").contains("CVEs_20270101.csv line 3, column DatePosted"),
+        "{err:#}"
+    );
+    let reply = api
+        .post(
+            "/api/assessments",
+            json!({"os_build": 20348, "os_name": "Windows Server 2022"}),
+        )
+        .await;
+    assert_eq!(
+        reply.body["catalog_version"], "2026-06-28",
+        "{}",
+        reply.text
+    );
+
     // Enrolled Windows devices that report a build get the assessment in
     // their detail, equal to what the relay answers for the same input.
     let devices = api.all("/api/devices", "devices", 100).await;
