@@ -23,8 +23,44 @@ pub async fn call(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> anyhow::Result<(StatusCode, serde_json::Value)> {
-    let socket = crate::settings::socket_path(config);
     let request = build(method, path, body)?;
+    send(config, path, request).await
+}
+
+/// [`call`] with a raw body of the given content type (a catalog archive,
+/// a `systeminfo` text).
+///
+/// # Errors
+/// As [`call`].
+pub async fn call_raw(
+    config: &RelayConfig,
+    method: Method,
+    path: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<(StatusCode, serde_json::Value)> {
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "relay")
+        .header("content-type", content_type)
+        .body(Body::from(body))?;
+    send(config, path, request).await
+}
+
+/// Whether a relay answers on the control socket.
+pub async fn relay_running(config: &RelayConfig) -> bool {
+    tokio::net::UnixStream::connect(crate::settings::socket_path(config))
+        .await
+        .is_ok()
+}
+
+async fn send(
+    config: &RelayConfig,
+    path: &str,
+    request: Request<Body>,
+) -> anyhow::Result<(StatusCode, serde_json::Value)> {
+    let socket = crate::settings::socket_path(config);
     match tokio::net::UnixStream::connect(&socket).await {
         Ok(stream) => over_socket(stream, request).await,
         Err(_) => {
@@ -115,7 +151,10 @@ where
     Ok(())
 }
 
-fn open_in_process(config: &RelayConfig, socket: &Path) -> anyhow::Result<std::sync::Arc<Relay>> {
+pub(crate) fn open_in_process(
+    config: &RelayConfig,
+    socket: &Path,
+) -> anyhow::Result<std::sync::Arc<Relay>> {
     match Relay::open(config.clone(), relay_core::clock::Clock::system())
         .map_err(anyhow::Error::new)
     {

@@ -2,6 +2,7 @@
 //! wiring of `relay-core`; no behaviour of its own beyond that.
 
 mod backup;
+mod catalog_cli;
 mod control_client;
 mod serve;
 mod settings;
@@ -64,6 +65,17 @@ enum Command {
     RotateEnrollmentToken,
     /// Import a CISA KEV catalog (known_exploited_vulnerabilities.json).
     ImportKev { file: PathBuf },
+    /// Import the Microsoft update catalog (WES-NG definitions.zip) for
+    /// offline assessment; through the running relay when there is one.
+    ImportCatalog { file: PathBuf },
+    /// Assess a Windows machine from its `systeminfo` output (any common
+    /// language) against the imported catalog; prints the missing updates
+    /// and open CVEs (`--json` for the full answer).
+    Assess {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a config file and print the settings in force.
     CheckConfig,
     /// Show the audit trail of changes, newest first.
@@ -241,6 +253,8 @@ async fn dispatch(command: Command, config: relay_core::RelayConfig) -> anyhow::
         Command::Serve => return serve::run(config).await,
         Command::Backup { file } => return backup::backup(&config, &file).await,
         Command::VerifyBackup { file } => return backup::verify(&file),
+        Command::ImportCatalog { file } => return catalog_cli::import(&config, &file).await,
+        Command::Assess { file, json } => return catalog_cli::assess(&config, &file, json).await,
         Command::Restore { file } => return backup::restore(&config, &file).await,
         Command::CheckConfig => {
             println!("{}", toml::to_string_pretty(&config)?);

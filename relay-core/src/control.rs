@@ -12,6 +12,8 @@
 //! | `GET/POST /keys`, `DELETE /keys/:id` | keys |
 //! | `POST /enrollment-token` | rotate the site enrollment token |
 //! | `POST /kev` | import a CISA KEV catalog (body: its JSON) |
+//! | `POST /catalog` | import a WES-NG `definitions.zip` (body: the zip) |
+//! | `POST /assess` | assess a machine: `systeminfo` text or `{os_build, installed_kbs}` |
 //! | `GET /backup` | a consistent snapshot of the store, as a backup file |
 //! | `GET /audit` | the audit trail (same filters as `GET /api/audit`) |
 //!
@@ -64,6 +66,11 @@ pub fn router(relay: Arc<Relay>) -> Router {
         .route("/kev", post(kev_import))
         .route("/backup", get(backup_take))
         .route("/audit", get(audit_list))
+        .route(
+            "/catalog",
+            post(catalog_import).layer(axum::extract::DefaultBodyLimit::max(256 << 20)),
+        )
+        .route("/assess", post(assess))
         .layer(axum::middleware::from_fn_with_state(
             relay.clone(),
             crate::api::audit::audit_cli,
@@ -206,6 +213,33 @@ async fn kev_import(
     let version = catalog.version.clone();
     let entries = relay.import_kev(catalog).await?;
     Ok(Json(json!({"entries": entries, "version": version})))
+}
+
+async fn catalog_import(
+    State(relay): State<Arc<Relay>>,
+    body: Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
+    match relay.import_catalog(body.to_vec(), None).await {
+        Ok(summary) => Ok(Json(json!(summary))),
+        Err(crate::catalog::CatalogError::Store(err)) => Err(RelayError::Store(err).into()),
+        Err(err) => Err(ApiError::Invalid(vec![crate::error::FieldError::new(
+            "catalog",
+            err.to_string(),
+        )])),
+    }
+}
+
+async fn assess(
+    State(relay): State<Arc<Relay>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    crate::api::assessments::assess_body(&relay, content_type, &body)
+        .await
+        .map(Json)
 }
 
 /// Streams a consistent snapshot of the store. The snapshot is written

@@ -7,6 +7,7 @@ pub mod agents;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod catalog;
 pub mod clock;
 pub mod compliance;
 pub mod config;

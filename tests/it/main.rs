@@ -4,6 +4,7 @@
 //! One test binary on purpose: each extra binary links the whole crate again.
 
 mod api;
+mod assessment;
 mod backup;
 mod crash;
 mod errors;

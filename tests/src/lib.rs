@@ -28,14 +28,12 @@ pub mod linux;
 pub mod mdns;
 pub mod netns;
 pub mod pinning;
-pub mod products;
 pub mod profiles;
 pub mod protocol;
 pub mod pytools;
 pub mod receiver;
 pub mod sim;
 pub mod stats;
-pub mod systeminfo;
 pub mod timefmt;
 
 pub use agent::{Agent, Behaviour};

@@ -17,14 +17,12 @@ use std::time::UNIX_EPOCH;
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{kb_number, Catalog};
+use crate::catalog::{read_catalog, read_systeminfo, Catalog, SystemInfo};
 use crate::linux::{self, InstalledPackage};
-use crate::products::{catalog_product, Product};
 use crate::protocol::{OsFamily, Update};
-use crate::systeminfo::{parse_systeminfo, SystemInfo};
 
 /// Bump when the profile format or the derivation changes.
-pub const CACHE_VERSION: u32 = 2;
+pub const CACHE_VERSION: u32 = 4;
 
 /// Environment variable naming the shared data directory.
 pub const DATA_DIR_ENV: &str = "PATCHPILOT_SHARED_DATA";
@@ -152,67 +150,28 @@ pub fn catalog_path(shared_data_dir: &Path) -> PathBuf {
 
 /// One profile per systeminfo file, missing updates from the catalog.
 pub fn build_windows_profiles(shared_data_dir: &Path) -> anyhow::Result<Vec<Profile>> {
-    let machines = read_machines(shared_data_dir)?;
-    let products: Vec<Product> = machines.iter().map(|m| m.product.clone()).collect();
-    let catalog = Catalog::read_zip(&catalog_path(shared_data_dir), &products)?;
-    machines
-        .into_iter()
-        .map(|m| windows_profile(m, &catalog))
-        .collect()
-}
-
-/// A parsed systeminfo file and its catalog product.
-struct Machine {
-    source: String,
-    info: SystemInfo,
-    product: Product,
-}
-
-fn read_machines(shared_data_dir: &Path) -> anyhow::Result<Vec<Machine>> {
+    let catalog = read_catalog(&catalog_path(shared_data_dir))?;
     systeminfo_files(shared_data_dir)?
         .into_iter()
         .map(|path| {
-            let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
-            let info = parse_systeminfo(&String::from_utf8_lossy(&bytes))
-                .with_context(|| format!("parse {}", path.display()))?;
-            let product =
-                catalog_product(&info.os_name, info.build, info.arch).with_context(|| {
-                    format!(
-                        "{}: no catalog product for {} build {}",
-                        path.display(),
-                        info.os_name,
-                        info.build
-                    )
-                })?;
+            let info = read_systeminfo(&path)?;
             let source = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            Ok(Machine {
-                source,
-                info,
-                product,
-            })
+            windows_profile(source, info, &catalog)
         })
         .collect()
 }
 
-fn windows_profile(machine: Machine, catalog: &Catalog) -> anyhow::Result<Profile> {
-    let Machine {
-        source,
-        info,
-        product,
-    } = machine;
-    let installed: Vec<u32> = info
-        .hotfixes
-        .iter()
-        .map(|kb| kb_number(kb))
-        .collect::<Result<_, _>>()?;
-    let missing = catalog.applicable_updates(&product.name, &installed);
+fn windows_profile(source: String, info: SystemInfo, catalog: &Catalog) -> anyhow::Result<Profile> {
+    let assessment = crate::catalog::assess(catalog, &info)
+        .with_context(|| format!("{source}: no catalog product"))?;
+    let updates = crate::catalog::to_updates(&assessment);
     let os_name = info.os_name.trim();
     Ok(Profile {
+        host_name: info.host_name.unwrap_or_else(|| source.clone()),
         source,
-        host_name: info.host_name,
         os_family: OsFamily::Windows,
         os_name: os_name
             .strip_prefix("Microsoft ")
@@ -221,11 +180,13 @@ fn windows_profile(machine: Machine, catalog: &Catalog) -> anyhow::Result<Profil
         os_version: info.os_version,
         os_build: Some(info.build.to_string()),
         arch: info.arch.as_str().to_owned(),
-        product: Some(product.name),
+        product: Some(assessment.product),
         installed_kbs: info.hotfixes,
         installed_packages: Vec::new(),
-        updates: missing.updates,
-        supersedes: missing.supersedes,
+        // The missing updates are the newest of each supersedence chain:
+        // none supersedes another.
+        supersedes: vec![Vec::new(); updates.len()],
+        updates,
     })
 }
 
@@ -339,42 +300,42 @@ mod tests {
         (
             "10_1809",
             "Windows 10 Version 1809 for x64-based Systems",
-            6,
+            33,
         ),
         (
             "10_21H2",
             "Windows 10 Version 21H2 for x64-based Systems",
-            3,
+            16,
         ),
         (
             "10_22H2",
             "Windows 10 Version 22H2 for x64-based Systems",
-            2,
+            15,
         ),
         (
             "11_21H2",
-            "Windows 11 version 21H2 for x64-based Systems",
-            6,
+            "Windows 11 Version 21H2 for x64-based Systems",
+            15,
         ),
         (
             "11_22H2",
             "Windows 11 Version 22H2 for x64-based Systems",
-            1,
+            11,
         ),
         (
             "11_23H2",
             "Windows 11 Version 23H2 for x64-based Systems",
-            1,
+            10,
         ),
         (
             "7_sp1",
             "Windows 7 for x64-based Systems Service Pack 1",
-            212,
+            280,
         ),
-        ("8.1_u1", "Windows 8.1 for x64-based Systems", 230),
-        ("srv_2016", "Windows Server 2016", 12),
-        ("srv_2019", "Windows Server 2019", 8),
-        ("srv_2022", "Windows Server 2022", 29),
+        ("8.1_u1", "Windows 8.1 for x64-based Systems", 307),
+        ("srv_2016", "Windows Server 2016", 39),
+        ("srv_2019", "Windows Server 2019", 33),
+        ("srv_2022", "Windows Server 2022", 45),
     ];
 
     #[test]

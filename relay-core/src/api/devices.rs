@@ -121,6 +121,10 @@ pub async fn devices_get(
         vec!["checkin"]
     };
 
+    let (assessment, assessment_note) = match relay.device_assessment(&device) {
+        Ok(a) => (a, None),
+        Err(note) => (None, Some(note)),
+    };
     let mut body = serde_json::to_value(&summary).unwrap_or_default();
     let extra = json!({
         "os_version": device.os_version,
@@ -138,6 +142,8 @@ pub async fn devices_get(
         "compliance": {"compliant": reasons.is_empty(), "reasons": reasons},
         "os_build": device.os_build,
         "installed_kbs": device.installed_kbs,
+        "assessment": assessment,
+        "assessment_note": assessment_note,
     });
     if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
         b.extend(e.clone());

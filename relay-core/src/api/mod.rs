@@ -18,10 +18,12 @@
 //! | `POST /api/webhooks/:id/rotate-secret`, `POST /api/webhooks/:id/test` | secret rotation, test event |
 //! | `GET /api/webhooks/:id/deliveries` | a webhook's deliveries and attempts |
 //! | `GET /api/audit` | the audit trail of changes (admin) |
+//! | `POST /api/assessments` | offline assessment of a Windows machine (systeminfo or JSON) |
 //! | `POST /agent/v1/enroll`, `POST /agent/v1/checkin` | agents |
 
 mod accounts;
 mod agent;
+pub(crate) mod assessments;
 pub mod audit;
 mod compliance;
 mod devices;
@@ -115,6 +117,7 @@ pub fn router(relay: Arc<Relay>) -> Router {
             get(webhooks::webhooks_deliveries),
         )
         .route("/audit", get(audit::audit_list))
+        .route("/assessments", post(assessments::assessments_create))
         .fallback(middleware::not_found)
         .layer(axum::middleware::from_fn_with_state(
             relay.clone(),

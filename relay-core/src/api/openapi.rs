@@ -84,6 +84,7 @@ pub const AGENT_TOKEN: &str = "agent_token";
         super::agent::enroll,
         super::agent::checkin,
         super::audit::audit_list,
+        super::assessments::assessments_create,
     ),
     components(schemas(super::problem::Problem)),
     modifiers(&Shared),
@@ -98,6 +99,7 @@ pub const AGENT_TOKEN: &str = "agent_token";
         (name = "webhooks", description = "Webhooks (admin)"),
         (name = "agent", description = "The agent protocol"),
         (name = "audit", description = "The audit trail of changes (admin)"),
+        (name = "airgap", description = "Offline assessment from an imported catalog"),
     )
 )]
 pub struct ApiDoc;
@@ -244,6 +246,32 @@ pub struct DeviceDetail {
     pub compliance: DeviceComplianceState,
     pub os_build: Option<String>,
     pub installed_kbs: Vec<String>,
+    /// The relay's own assessment from the imported catalog (Windows
+    /// devices reporting `os_build`), null otherwise.
+    pub assessment: Option<crate::catalog::Assessment>,
+    /// Why there is no assessment, when one was expected.
+    pub assessment_note: Option<String>,
+}
+
+/// What was read from a `systeminfo` text.
+#[derive(Serialize, ToSchema)]
+pub struct SysteminfoSource {
+    pub host_name: Option<String>,
+    pub os_name: String,
+    pub os_version: String,
+    /// `YYYY-MM-DD`, when readable.
+    pub install_date: Option<String>,
+    /// The language of the field names (`en`, `de`, …).
+    pub language: Option<String>,
+}
+
+/// The answer of `POST /api/assessments`.
+#[derive(Serialize, ToSchema)]
+pub struct AssessmentAnswer {
+    #[serde(flatten)]
+    pub assessment: crate::catalog::Assessment,
+    /// Present when the body was `systeminfo` text.
+    pub systeminfo: Option<SysteminfoSource>,
 }
 
 /// `GET /api/discovered`.
