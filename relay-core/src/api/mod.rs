@@ -16,10 +16,12 @@
 //! | `GET/POST /api/webhooks`, `GET/PATCH/DELETE /api/webhooks/:id` | webhooks |
 //! | `POST /api/webhooks/:id/rotate-secret`, `POST /api/webhooks/:id/test` | secret rotation, test event |
 //! | `GET /api/webhooks/:id/deliveries` | a webhook's deliveries and attempts |
+//! | `POST /api/bundles`, `GET /api/bundles/export` | courier bundles in and out (admin) |
 //! | `POST /agent/v1/enroll`, `POST /agent/v1/checkin` | agents |
 
 mod accounts;
 mod agent;
+mod bundles;
 mod compliance;
 mod devices;
 mod discovered;
@@ -41,6 +43,7 @@ use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 
+pub use bundles::{courier_error, export_response, read_bundle};
 pub use extract::{Cursor, JsonBody, Params, RawId};
 pub use problem::{ApiError, ApiResult};
 
@@ -107,6 +110,8 @@ pub fn router(relay: Arc<Relay>) -> Router {
             "/webhooks/{webhook_id}/deliveries",
             get(webhooks::webhooks_deliveries),
         )
+        .route("/bundles", post(bundles::bundles_import))
+        .route("/bundles/export", get(bundles::bundles_export))
         .fallback(middleware::not_found)
         .layer(axum::middleware::from_fn_with_state(
             relay.clone(),

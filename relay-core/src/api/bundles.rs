@@ -1,0 +1,130 @@
+//! Courier bundles (admin only).
+//!
+//! | route | purpose |
+//! | --- | --- |
+//! | `POST /api/bundles` | apply a signed inbound bundle (`application/octet-stream`) |
+//! | `GET /api/bundles/export` | the signed outbound bundle of what the MSP has not confirmed |
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+
+use super::problem::{ApiError, ApiResult};
+use super::AppState;
+use crate::auth::{Principal, Role};
+use crate::courier::{CourierError, ImportReport};
+use crate::error::RelayError;
+
+fn require_admin(who: &Principal) -> ApiResult<()> {
+    if who.allows(Role::Admin) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "courier bundles need the admin role".into(),
+        ))
+    }
+}
+
+/// Maps a courier refusal: 413 for size, 422 naming the problem otherwise.
+pub fn courier_error(err: CourierError) -> ApiError {
+    match err.too_large() {
+        Some(limit) => ApiError::PayloadTooLarge(usize::try_from(limit).unwrap_or(usize::MAX)),
+        None => ApiError::from(RelayError::from(err)),
+    }
+}
+
+/// Reads a whole binary body up to `limit` bytes: 413 past it.
+///
+/// # Errors
+/// 413 past the limit, 400 when the body cannot be read.
+pub async fn read_bundle(request: Request, limit: u64) -> ApiResult<Vec<u8>> {
+    let too_large = || ApiError::PayloadTooLarge(usize::try_from(limit).unwrap_or(usize::MAX));
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let cap = usize::try_from(limit).unwrap_or(usize::MAX);
+    match axum::body::to_bytes(request.into_body(), cap).await {
+        Ok(bytes) => Ok(bytes.to_vec()),
+        Err(err) => {
+            let over = std::error::Error::source(&err)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if over {
+                Err(too_large())
+            } else {
+                Err(ApiError::BadRequest(
+                    "the request body could not be read".into(),
+                ))
+            }
+        }
+    }
+}
+
+fn is_octet_stream(request: &Request) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/octet-stream"))
+}
+
+pub async fn bundles_import(
+    State(relay): State<AppState>,
+    Extension(who): Extension<Principal>,
+    request: Request,
+) -> ApiResult<Json<ImportReport>> {
+    require_admin(&who)?;
+    if !is_octet_stream(&request) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let bytes = read_bundle(request, relay.config.courier.max_bundle_bytes).await?;
+    let report = relay
+        .import_bundle(bytes, Some(who.user_id))
+        .await
+        .map_err(courier_error)?;
+    Ok(Json(report))
+}
+
+pub async fn bundles_export(
+    State(relay): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> ApiResult<Response> {
+    require_admin(&who)?;
+    export_response(relay).await
+}
+
+/// The export as an `application/octet-stream` download, shared with the
+/// control socket.
+///
+/// # Errors
+/// A storage failure.
+pub async fn export_response(relay: AppState) -> ApiResult<Response> {
+    let (bytes, summary) = tokio::task::spawn_blocking(move || relay.export_bundle())
+        .await
+        .map_err(|_| ApiError::Internal)?
+        .map_err(courier_error)?;
+    let name = format!(
+        "attachment; filename=\"courier-{}-{}.tar\"",
+        summary.relay_id, summary.export_version
+    );
+    let mut response = Body::from(bytes).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&name) {
+        headers.insert(header::CONTENT_DISPOSITION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&summary.export_version.to_string()) {
+        headers.insert("X-Patchpilot-Export-Version", v);
+    }
+    Ok(response)
+}
