@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod agents;
 pub mod api;
 pub mod auth;
+pub mod catalog;
 pub mod clock;
 pub mod compliance;
 pub mod config;

@@ -69,6 +69,8 @@ pub struct Relay {
     /// What discovery remembers between announcements.
     pub discovery: crate::discovery::DiscoveryState,
     pub webhooks: crate::webhooks::WebhookHub,
+    /// The Microsoft update catalog for offline assessment, when imported.
+    pub catalog: RwLock<Option<Arc<crate::catalog::Catalog>>>,
     lifecycle: AtomicU8,
 }
 
@@ -110,6 +112,7 @@ impl Relay {
             goodbyes: Default::default(),
             discovery: Default::default(),
             webhooks: crate::webhooks::WebhookHub::load(&store)?,
+            catalog: RwLock::new(crate::catalog::load_for_relay(&store)?),
             lifecycle: AtomicU8::new(Lifecycle::Starting as u8),
             config,
             clock,

@@ -60,6 +60,7 @@ pub enum Table {
     WebhookCursors,
     WebhookRetries,
     Deliveries,
+    Catalog,
 }
 
 impl Table {
@@ -91,6 +92,7 @@ impl Table {
         Table::WebhookCursors,
         Table::WebhookRetries,
         Table::Deliveries,
+        Table::Catalog,
     ];
 
     fn name(self) -> &'static str {
@@ -122,6 +124,7 @@ impl Table {
             Table::WebhookCursors => "webhook_cursors",
             Table::WebhookRetries => "webhook_retries",
             Table::Deliveries => "deliveries",
+            Table::Catalog => "catalog",
         }
     }
 }
