@@ -47,6 +47,9 @@ pub enum BundleCommand {
         /// A CISA KEV catalog (known_exploited_vulnerabilities.json).
         #[arg(long)]
         kev: Option<PathBuf>,
+        /// The Microsoft update catalog (WES-NG's definitions.zip).
+        #[arg(long)]
+        catalog: Option<PathBuf>,
         /// Changes made at the office (exclusions, reboots, revocations,
         /// the confirmation of an export); see docs/courier.md.
         #[arg(long)]
@@ -199,6 +202,7 @@ pub async fn bundle(command: BundleCommand) -> anyhow::Result<()> {
         BundleCommand::Build {
             key,
             kev,
+            catalog,
             changes,
             version,
             relay,
@@ -209,6 +213,7 @@ pub async fn bundle(command: BundleCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("{} is not a courier secret key", key.display()))?;
             let files = msp::InboundFiles {
                 kev: kev.as_deref().map(read).transpose()?,
+                catalog: catalog.as_deref().map(read).transpose()?,
                 changes: changes.as_deref().map(read).transpose()?,
             };
             let bytes = msp::build_inbound(&key, version, relay, files, Clock::system().now())?;

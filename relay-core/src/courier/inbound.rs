@@ -3,6 +3,7 @@
 //! whole bundle with the first problem found.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +13,7 @@ use super::{
     ExportRecord, InboundState, KEY_CONFIRMED, KEY_INBOUND, PREFIX_EXPORT,
 };
 use crate::auth::KeyRecord;
+use crate::catalog::Catalog;
 use crate::clock::Timestamp;
 use crate::error::RelayError;
 use crate::events::EventType;
@@ -25,6 +27,8 @@ use crate::store::{Batch, Table, Writer};
 /// The entry names an inbound bundle may carry.
 pub const KEV_ENTRY: &str = "kev.json";
 pub const CHANGES_ENTRY: &str = "changes.json";
+/// The Microsoft catalog, as WES-NG's `definitions.zip`.
+pub const CATALOG_ENTRY: &str = "definitions.zip";
 
 /// The user recorded as the author of changes imported without one (the
 /// CLI, through the control socket): the all-zero id, `usr_000…`.
@@ -105,6 +109,7 @@ pub struct RebootEntry {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Applied {
     pub kev_entries: Option<usize>,
+    pub catalog: Option<crate::catalog::CatalogSummary>,
     pub exclusions_created: usize,
     pub exclusions_deleted: usize,
     pub reboots_scheduled: usize,
@@ -123,6 +128,7 @@ pub struct ImportReport {
 /// The parsed contents, before anything is staged.
 struct Contents {
     kev: Option<KevCatalog>,
+    catalog: Option<Arc<Catalog>>,
     changes: Changes,
 }
 
@@ -130,6 +136,7 @@ struct Contents {
 #[derive(Default)]
 struct AfterApply {
     kev: Option<KevCatalog>,
+    catalog: Option<Arc<Catalog>>,
     exclusions: bool,
     scheduled: Vec<RebootSchedule>,
     cancelled: Vec<DeviceId>,
@@ -146,7 +153,7 @@ fn contents_error(entry: &str, problem: impl ToString) -> CourierError {
 fn parse_contents(entries: &BTreeMap<String, Vec<u8>>) -> Result<Contents, CourierError> {
     if let Some(unknown) = entries
         .keys()
-        .find(|k| k.as_str() != KEV_ENTRY && k.as_str() != CHANGES_ENTRY)
+        .find(|k| ![KEV_ENTRY, CHANGES_ENTRY, CATALOG_ENTRY].contains(&k.as_str()))
     {
         return Err(CourierError::UnknownEntry {
             entry: unknown.clone(),
@@ -159,11 +166,27 @@ fn parse_contents(entries: &BTreeMap<String, Vec<u8>>) -> Result<Contents, Couri
         .get(KEV_ENTRY)
         .map(|bytes| crate::vulns::parse_kev(bytes).map_err(|e| contents_error(KEV_ENTRY, e)))
         .transpose()?;
+    let catalog = entries
+        .get(CATALOG_ENTRY)
+        .map(|bytes| parse_catalog(bytes).map(Arc::new))
+        .transpose()?;
     let changes = match entries.get(CHANGES_ENTRY) {
         Some(bytes) => parse_changes(bytes)?,
         None => Changes::default(),
     };
-    Ok(Contents { kev, changes })
+    Ok(Contents {
+        kev,
+        catalog,
+        changes,
+    })
+}
+
+/// Parses the catalog entry, naming the first malformed row.
+///
+/// # Errors
+/// Not a definitions archive, or a malformed row.
+pub fn parse_catalog(bytes: &[u8]) -> Result<Catalog, CourierError> {
+    crate::catalog::parse_definitions(bytes).map_err(|e| contents_error(CATALOG_ENTRY, e))
 }
 
 /// Parses `changes.json`, naming the path of the first bad value.
@@ -291,6 +314,14 @@ impl Relay {
             crate::vulns::stage_kev(writer.store(), batch, &kev)?;
             applied.kev_entries = Some(kev.cves.len());
             after.kev = Some(kev);
+        }
+        if let Some(catalog) = contents.catalog {
+            crate::catalog::stage_catalog(writer.store(), batch, &catalog).map_err(|e| match e {
+                crate::catalog::CatalogError::Store(e) => CourierError::from(e),
+                other => contents_error(CATALOG_ENTRY, other),
+            })?;
+            applied.catalog = Some(catalog.summary());
+            after.catalog = Some(catalog);
         }
         let changes = contents.changes;
         self.stage_exclusions(writer, batch, changes.exclusions, by, now, &mut applied)?;
@@ -421,6 +452,9 @@ impl Relay {
     fn after_apply(&self, after: AfterApply) -> Result<(), CourierError> {
         if let Some(kev) = after.kev {
             self.replace_kev(kev);
+        }
+        if let Some(catalog) = after.catalog {
+            self.install_catalog(catalog);
         }
         for device in after.cancelled {
             self.fleet.set_scheduled(device, None);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 
 use super::format::{self, BundleBuilder, Kind, Manifest};
-use super::inbound::{parse_changes, CHANGES_ENTRY, KEV_ENTRY};
+use super::inbound::{parse_catalog, parse_changes, CATALOG_ENTRY, CHANGES_ENTRY, KEV_ENTRY};
 use super::outbound::{ExportSummary, ExportedEvent, EVENTS_ENTRY, PART_NAMES, SUMMARY_ENTRY};
 use super::CourierError;
 use crate::clock::Timestamp;
@@ -16,6 +16,8 @@ use crate::clock::Timestamp;
 #[derive(Debug, Default)]
 pub struct InboundFiles {
     pub kev: Option<Vec<u8>>,
+    /// WES-NG's `definitions.zip`.
+    pub catalog: Option<Vec<u8>>,
     pub changes: Option<Vec<u8>>,
 }
 
@@ -37,6 +39,10 @@ pub fn build_inbound(
             problem: e.to_string(),
         })?;
         builder.add(KEV_ENTRY, kev);
+    }
+    if let Some(catalog) = files.catalog {
+        parse_catalog(&catalog)?;
+        builder.add(CATALOG_ENTRY, catalog);
     }
     if let Some(changes) = files.changes {
         parse_changes(&changes)?;
@@ -173,6 +179,7 @@ mod tests {
         let key = format::generate_key();
         let files = InboundFiles {
             kev: None,
+            catalog: None,
             changes: Some(br#"{"exclusions": {"create": [{"kind": 1}]}}"#.to_vec()),
         };
         let err = build_inbound(&key, 1, None, files, Timestamp(0)).unwrap_err();
