@@ -5,6 +5,7 @@
 
 mod api;
 mod backup;
+mod courier;
 mod crash;
 mod errors;
 mod mdns;

@@ -15,7 +15,8 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signature, Signer};
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -463,9 +464,9 @@ mod tests {
         assert_eq!(ok.manifest.version, 3);
         assert_eq!(ok.entries.len(), 2);
         let other = generate_key();
-        let err = verify(&bytes, 1 << 20, Kind::In, &[other.verifying_key()]).unwrap_err();
+        let err = verify(&bytes, 1 << 20, Kind::In, &[other.verifying_key()]).expect_err("refused");
         assert!(matches!(err, BundleError::UntrustedSigner { .. }), "{err}");
-        let err = verify(&bytes, 1 << 20, Kind::Out, &[key.verifying_key()]).unwrap_err();
+        let err = verify(&bytes, 1 << 20, Kind::Out, &[key.verifying_key()]).expect_err("refused");
         assert!(matches!(err, BundleError::WrongKind { .. }), "{err}");
     }
 
@@ -478,7 +479,7 @@ mod tests {
             .position(|w| w == b"vuln")
             .expect("the kev entry is in the archive");
         bytes[at] = b'V';
-        let err = verify(&bytes, 1 << 20, Kind::In, &[key.verifying_key()]).unwrap_err();
+        let err = verify(&bytes, 1 << 20, Kind::In, &[key.verifying_key()]).expect_err("refused");
         assert_eq!(
             err,
             BundleError::Tampered {
@@ -507,9 +508,9 @@ mod tests {
     fn truncation_and_oversize_are_named() {
         let key = generate_key();
         let bytes = sample(&key);
-        let err = unpack(&bytes[..bytes.len() - 700], 1 << 20).unwrap_err();
+        let err = unpack(&bytes[..bytes.len() - 700], 1 << 20).expect_err("refused");
         assert!(matches!(err, BundleError::Truncated(_)), "{err}");
-        let err = unpack(&bytes, 100).unwrap_err();
+        let err = unpack(&bytes, 100).expect_err("refused");
         assert!(matches!(err, BundleError::TooLarge { .. }), "{err}");
     }
 }

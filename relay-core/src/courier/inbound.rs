@@ -316,10 +316,12 @@ impl Relay {
             after.kev = Some(kev);
         }
         if let Some(catalog) = contents.catalog {
-            crate::catalog::stage_catalog(writer.store(), batch, &catalog).map_err(|e| match e {
-                crate::catalog::CatalogError::Store(e) => CourierError::from(e),
-                other => contents_error(CATALOG_ENTRY, other),
-            })?;
+            crate::catalog::stage_catalog(writer.store(), batch, &catalog).map_err(
+                |e| match e {
+                    crate::catalog::CatalogError::Store(e) => CourierError::from(e),
+                    other => contents_error(CATALOG_ENTRY, other),
+                },
+            )?;
             applied.catalog = Some(catalog.summary());
             after.catalog = Some(catalog);
         }

@@ -182,12 +182,13 @@ mod tests {
             catalog: None,
             changes: Some(br#"{"exclusions": {"create": [{"kind": 1}]}}"#.to_vec()),
         };
-        let err = build_inbound(&key, 1, None, files, Timestamp(0)).unwrap_err();
+        let err = build_inbound(&key, 1, None, files, Timestamp(0)).expect_err("refused");
         assert!(
             err.to_string().contains("exclusions.create[0].kind"),
             "{err}"
         );
-        let err = build_inbound(&key, 1, None, InboundFiles::default(), Timestamp(0)).unwrap_err();
+        let err = build_inbound(&key, 1, None, InboundFiles::default(), Timestamp(0))
+            .expect_err("refused");
         assert!(matches!(err, CourierError::Nothing));
     }
 }

@@ -33,6 +33,9 @@ pub const EVENTS_ENTRY: &str = "events.jsonl";
 pub const PART_NAMES: [&str; 3] = ["snapshot.json", "inventory.json", "vulnerabilities.json"];
 const SCAN_CHUNK: usize = 1000;
 
+/// A state part's entry name and JSON, `None` when there is none.
+type StatePart = (&'static str, Option<Vec<u8>>);
+
 /// One undelivered event for one webhook, as it would have gone out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -169,7 +172,7 @@ impl Relay {
     }
 
     /// The state parts as JSON, `None` when there is nothing (no snapshot).
-    fn state_parts(&self) -> Result<Vec<(&'static str, Option<Vec<u8>>)>, CourierError> {
+    fn state_parts(&self) -> Result<Vec<StatePart>, CourierError> {
         let snapshot = self.latest_snapshot()?;
         let now = self.clock.now();
         let devices = self
