@@ -184,7 +184,9 @@ impl Relay {
             .iter()
             .map(|row| self.expand_vulnerability(row))
             .collect::<Result<Vec<_>, _>>()?;
-        let json = |v: serde_json::Value| serde_json::to_vec_pretty(&v).ok();
+        // Compact: the inventory and vulnerabilities of a large fleet are
+        // most of an export's bytes.
+        let json = |v: serde_json::Value| serde_json::to_vec(&v).ok();
         Ok(vec![
             (
                 PART_NAMES[0],
