@@ -20,8 +20,6 @@ use serde_json::{json, Value};
 
 use crate::support::{real_profiles, Api};
 
-const KEV: &str = "/work/shared/data/kev/known_exploited_vulnerabilities.json";
-
 /// Fast webhook probing, generous limits, no scheduled snapshot during a test.
 const QUIET: &str = "[limits]\nread_per_minute = 1000000\nread_burst = 100000\nwrite_per_minute = 1000000\nwrite_burst = 100000\n[webhooks]\nretry_base_s = 1\nretry_cap_s = 2\nprobe_interval_s = 1\ntimeout_s = 2\n[compliance]\ninterval_s = 2592000\n";
 
@@ -30,12 +28,7 @@ fn data_file(relative: &str) -> PathBuf {
 }
 
 fn kev_path() -> PathBuf {
-    let shared = data_file("kev/known_exploited_vulnerabilities.json");
-    if shared.exists() {
-        shared
-    } else {
-        PathBuf::from(KEV)
-    }
+    data_file("kev/known_exploited_vulnerabilities.json")
 }
 
 /// Runs the binary as the MSP would: no config, no relay.

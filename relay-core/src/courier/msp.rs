@@ -81,7 +81,8 @@ pub fn read_export(bytes: &[u8], relay_key: &VerifyingKey) -> Result<Export, Cou
     let summary: ExportSummary =
         serde_json::from_slice(summary_bytes).map_err(|e| entry(SUMMARY_ENTRY, e.to_string()))?;
     let mut events = Vec::new();
-    if let Some(lines) = verified.entries.get(EVENTS_ENTRY) {
+    if let Some(packed) = verified.entries.get(EVENTS_ENTRY) {
+        let lines = gunzip(packed).map_err(|e| entry(EVENTS_ENTRY, e))?;
         for (i, line) in lines.split(|b| *b == b'\n').enumerate() {
             if line.is_empty() {
                 continue;
@@ -103,8 +104,9 @@ pub fn read_export(bytes: &[u8], relay_key: &VerifyingKey) -> Result<Export, Cou
     }
     let mut parts = Vec::new();
     for name in PART_NAMES {
-        if let Some(bytes) = verified.entries.get(name) {
-            let value = serde_json::from_slice(bytes).map_err(|e| entry(name, e.to_string()))?;
+        if let Some(packed) = verified.entries.get(name) {
+            let bytes = gunzip(packed).map_err(|e| entry(name, e))?;
+            let value = serde_json::from_slice(&bytes).map_err(|e| entry(name, e.to_string()))?;
             parts.push((name.to_string(), value));
         }
     }
@@ -114,6 +116,22 @@ pub fn read_export(bytes: &[u8], relay_key: &VerifyingKey) -> Result<Export, Cou
         events,
         parts,
     })
+}
+
+/// The most a gzipped export entry may unpack to.
+const MAX_UNPACKED: u64 = 4 << 30;
+
+fn gunzip(packed: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(packed)
+        .take(MAX_UNPACKED + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("is not valid gzip: {e}"))?;
+    if out.len() as u64 > MAX_UNPACKED {
+        return Err(format!("unpacks past {MAX_UNPACKED} bytes"));
+    }
+    Ok(out)
 }
 
 /// How a replay went.
