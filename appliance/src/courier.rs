@@ -82,6 +82,11 @@ pub enum BundleCommand {
         /// Only the deliveries meant for this webhook (whk_…).
         #[arg(long)]
         webhook: Option<String>,
+        /// A file holding the webhook's secret (whsec_…): sign each event
+        /// anew at replay time, for receivers whose timestamp tolerance an
+        /// export's age exceeds. Without it the original signatures go out.
+        #[arg(long)]
+        resign_secret_file: Option<PathBuf>,
         /// Seconds to wait for each answer.
         #[arg(long, default_value_t = 10)]
         timeout_s: u64,
@@ -236,13 +241,24 @@ pub async fn bundle(command: BundleCommand) -> anyhow::Result<()> {
             trust,
             to,
             webhook,
+            resign_secret_file,
             timeout_s,
         } => {
             let export = read_export(&file, &trust)?;
+            let secret = match &resign_secret_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read {}", path.display()))?
+                        .trim()
+                        .to_string(),
+                ),
+                None => None,
+            };
             let report = msp::replay(
                 &export,
                 &to,
                 webhook.as_deref(),
+                secret.as_deref(),
                 Duration::from_secs(timeout_s),
             )
             .await?;

@@ -497,6 +497,9 @@ async fn air_gap_round_trip_replays_every_event_and_the_confirmed_export_is_empt
     site.relay
         .cli(&["export-bundle", third.to_str().expect("utf-8")])
         .expect("export-bundle");
+    // Replayed with fresh signatures made from the webhook's secret.
+    let secret_file = site.path("whsec.txt");
+    std::fs::write(&secret_file, &secret).expect("write secret");
     let rx2 = Receiver::start(any, None).await.expect("receiver");
     let replayed = ok_json(&msp(&[
         "bundle",
@@ -506,6 +509,8 @@ async fn air_gap_round_trip_replays_every_event_and_the_confirmed_export_is_empt
         &relay_key,
         "--to",
         &rx2.url("/hook"),
+        "--resign-secret-file",
+        secret_file.to_str().expect("utf-8"),
     ]));
     assert_eq!(replayed["accepted"], 1, "{replayed}");
     assert_eq!(rx2.receipts()[0].event_id(), later);

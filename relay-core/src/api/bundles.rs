@@ -35,35 +35,50 @@ pub fn courier_error(err: CourierError) -> ApiError {
     }
 }
 
+/// How much of an oversized body is read and thrown away before the 413,
+/// so that a client still sending gets the answer instead of a reset.
+const DRAIN_BYTES: u64 = 64 << 20;
+
 /// Reads a whole binary body up to `limit` bytes: 413 past it.
 ///
 /// # Errors
 /// 413 past the limit, 400 when the body cannot be read.
 pub async fn read_bundle(request: Request, limit: u64) -> ApiResult<Vec<u8>> {
-    let too_large = || ApiError::PayloadTooLarge(usize::try_from(limit).unwrap_or(usize::MAX));
+    use http_body_util::BodyExt;
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(too_large());
-    }
-    let cap = usize::try_from(limit).unwrap_or(usize::MAX);
-    match axum::body::to_bytes(request.into_body(), cap).await {
-        Ok(bytes) => Ok(bytes.to_vec()),
-        Err(err) => {
-            let over = std::error::Error::source(&err)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if over {
-                Err(too_large())
-            } else {
-                Err(ApiError::BadRequest(
-                    "the request body could not be read".into(),
-                ))
+    let mut over = declared.is_some_and(|n| n > limit);
+    let mut body = request.into_body();
+    let mut out = Vec::new();
+    let mut seen: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|_| ApiError::BadRequest("the request body could not be read".into()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen += data.len() as u64;
+        if !over && seen > limit {
+            over = true;
+            out = Vec::new();
+        }
+        if over {
+            if seen > limit.saturating_add(DRAIN_BYTES) {
+                break;
             }
+        } else {
+            out.extend_from_slice(&data);
         }
     }
+    if over {
+        return Err(ApiError::PayloadTooLarge(
+            usize::try_from(limit).unwrap_or(usize::MAX),
+        ));
+    }
+    Ok(out)
 }
 
 fn is_octet_stream(request: &Request) -> bool {

@@ -118,6 +118,8 @@ pub fn read_export(bytes: &[u8], relay_key: &VerifyingKey) -> Result<Export, Cou
     })
 }
 
+const SIGNATURE_HEADER: &str = "X-Patchpilot-Signature";
+
 /// The most a gzipped export entry may unpack to.
 const MAX_UNPACKED: u64 = 4 << 30;
 
@@ -149,10 +151,14 @@ pub struct ReplayReport {
 ///
 /// # Errors
 /// The HTTP client cannot be built.
+/// With `resign`, the webhook's secret: each signature is then made anew
+/// at the time of the replay (same scheme), for receivers that refuse a
+/// signature older than their tolerance.
 pub async fn replay(
     export: &Export,
     url: &str,
     webhook: Option<&str>,
+    resign: Option<&str>,
     timeout: Duration,
 ) -> Result<ReplayReport, reqwest::Error> {
     let client = reqwest::Client::builder()
@@ -171,7 +177,14 @@ pub async fn replay(
     {
         let mut request = client.post(url);
         for (name, value) in &event.headers {
-            request = request.header(name.as_str(), value.as_str());
+            let value = match resign {
+                Some(secret) if name.eq_ignore_ascii_case(SIGNATURE_HEADER) => {
+                    let now = crate::clock::Clock::system().now().unix();
+                    crate::webhooks::signing::signature_header([secret], now, event.body.as_bytes())
+                }
+                _ => value.clone(),
+            };
+            request = request.header(name.as_str(), value);
         }
         report.sent += 1;
         match request.body(event.body.clone()).send().await {
