@@ -100,10 +100,15 @@ pub async fn bundles_import(
         return Err(ApiError::UnsupportedMediaType);
     }
     let bytes = read_bundle(request, relay.config.courier.max_bundle_bytes).await?;
-    let report = relay
-        .import_bundle(bytes, Some(who.user_id))
-        .await
-        .map_err(courier_error)?;
+    // In its own task: should the request time out (a full catalog on a
+    // slow board), the import still finishes or refuses as a whole, and a
+    // retry learns which from the version it reports.
+    let importer = relay.clone();
+    let report =
+        tokio::spawn(async move { importer.import_bundle(bytes, Some(who.user_id)).await })
+            .await
+            .map_err(|_| ApiError::Internal)?
+            .map_err(courier_error)?;
     Ok(Json(report))
 }
 
