@@ -337,7 +337,7 @@ pub fn unpack(bytes: &[u8], limit: u64) -> Result<BTreeMap<String, Vec<u8>>, Bun
             .header()
             .size()
             .map_err(|e| BundleError::NotAnArchive(e.to_string()))?;
-        if declared > limit {
+        if declared > size {
             return Err(BundleError::Truncated(format!(
                 "`{path}` claims {declared} bytes, more than the whole bundle"
             )));
