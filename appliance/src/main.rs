@@ -67,6 +67,26 @@ enum Command {
     ImportKev { file: PathBuf },
     /// Check a config file and print the settings in force.
     CheckConfig,
+    /// Show the audit trail of changes, newest first.
+    Audit {
+        /// Entries to show (1..=500).
+        #[arg(long, default_value_t = 50)]
+        limit: u16,
+        /// Only entries by this user (usr_…).
+        #[arg(long)]
+        user: Option<String>,
+        /// Only entries at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Show the HTTPS certificate and its SHA-256 fingerprint for pinning,
+    /// creating the self-signed certificate if there is none yet.
+    Tls {
+        /// Replace the generated self-signed certificate with a new one
+        /// (takes effect when the relay restarts).
+        #[arg(long)]
+        regenerate: bool,
+    },
     /// Write a consistent backup of the store to FILE (while the relay runs,
     /// through its control socket).
     Backup { file: PathBuf },
@@ -123,6 +143,52 @@ enum KeysCommand {
     },
 }
 
+/// `patchpilot-relay tls`: print the certificate clients should pin.
+fn tls_command(config: &relay_core::RelayConfig, regenerate: bool) -> anyhow::Result<()> {
+    use relay_core::tls::{TlsIdentity, GENERATED_CERT, GENERATED_KEY};
+    if regenerate {
+        if !config.server.tls_cert_file.is_empty() {
+            anyhow::bail!(
+                "the config names its own certificate ({}): replace that file instead",
+                config.server.tls_cert_file
+            );
+        }
+        let dir = config.store.data_dir.join("tls");
+        for name in [GENERATED_CERT, GENERATED_KEY] {
+            match std::fs::remove_file(dir.join(name)) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(err).context("cannot remove the old certificate"),
+            }
+        }
+    }
+    if config.server.tls_cert_file.is_empty() {
+        let dir = &config.store.data_dir;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .with_context(|| format!("cannot restrict {}", dir.display()))?;
+    }
+    let identity = TlsIdentity::for_config(config)?;
+    let origin = match identity.source {
+        relay_core::tls::Source::Configured => "from the config",
+        relay_core::tls::Source::Generated { created_now: true } => "self-signed, created now",
+        relay_core::tls::Source::Generated { created_now: false } => "self-signed",
+    };
+    println!("certificate: {} ({origin})", identity.cert_path.display());
+    println!("sha256 fingerprint: {}", identity.fingerprint_colons());
+    println!("names: {}", identity.names.join(", "));
+    println!("expires: {}", identity.not_after);
+    println!(
+        "pin with curl: curl --insecure --pinnedpubkey 'sha256//{}' https://<relay>:8443/…",
+        identity.spki_sha256
+    );
+    if regenerate {
+        println!("restart the relay to serve the new certificate");
+    }
+    Ok(())
+}
+
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -153,6 +219,9 @@ fn init_logging(format: LogFormat) {
 }
 
 fn main() -> ExitCode {
+    // Everything the relay and its CLI create (store, certificate, tokens,
+    // backups, bundles) is readable by its owner only.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     init_logging(cli.log_format);
     if let Command::Bundle(command) = cli.command {
@@ -211,6 +280,7 @@ async fn dispatch(command: Command, config: relay_core::RelayConfig) -> anyhow::
             println!("{}", toml::to_string_pretty(&config)?);
             return Ok(());
         }
+        Command::Tls { regenerate } => return tls_command(&config, regenerate),
         Command::InitAdmin {
             name,
             expires_in_days,
@@ -259,6 +329,13 @@ async fn dispatch(command: Command, config: relay_core::RelayConfig) -> anyhow::
         ),
         Command::Users(UsersCommand::Disable { user_id }) => {
             (Method::POST, format!("/users/{user_id}/disable"), None)
+        }
+        Command::Audit { limit, user, since } => {
+            let mut query = vec![("limit", limit.to_string())];
+            query.extend(user.map(|u| ("user_id", u)));
+            query.extend(since.map(|s| ("since", s)));
+            let query = serde_urlencoded::to_string(&query)?;
+            (Method::GET, format!("/audit?{query}"), None)
         }
         Command::Keys(KeysCommand::List) => (Method::GET, "/keys".into(), None),
         Command::Keys(KeysCommand::Create {

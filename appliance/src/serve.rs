@@ -34,32 +34,51 @@ pub async fn run(config: RelayConfig) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = Vec::new();
+    let limits = relay_core::server::Limits::from_config(&config.server);
     let mut http_port = 0;
     if !config.server.http_listen.is_empty() {
-        let addr: SocketAddr = config
-            .server
-            .http_listen
-            .parse()
-            .context("server.http_listen")?;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
-        let app = relay_core::api::router(relay.clone())
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let mut stop = stop_rx.clone();
+        let listener = bind(&config.server.http_listen, "server.http_listen").await?;
         http_port = listener.local_addr()?.port();
         tracing::info!(address = %listener.local_addr()?, "listening for HTTP");
-        servers.push(tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.changed().await;
-                })
-                .await
-        }));
+        servers.push(tokio::spawn(relay_core::server::serve(
+            listener,
+            None,
+            relay_core::api::router(relay.clone()),
+            limits.clone(),
+            stop_rx.clone(),
+        )));
     }
-    servers.push(control_socket(&relay, &config, stop_rx.clone())?);
+    let mut tls_endpoint = None;
+    if !config.server.https_listen.is_empty() {
+        let identity =
+            relay_core::tls::TlsIdentity::for_config(&config).context("cannot set up TLS")?;
+        let tls = identity.server_config().context("cannot set up TLS")?;
+        let listener = bind(&config.server.https_listen, "server.https_listen").await?;
+        let port = listener.local_addr()?.port();
+        tracing::info!(
+            address = %listener.local_addr()?,
+            fingerprint = %identity.fingerprint_colons(),
+            certificate = %identity.cert_path.display(),
+            "listening for HTTPS"
+        );
+        relay.set_tls_fingerprint(identity.fingerprint.clone());
+        servers.push(tokio::spawn(relay_core::server::serve(
+            listener,
+            Some(tls),
+            relay_core::api::router(relay.clone()),
+            limits,
+            stop_rx.clone(),
+        )));
+        tls_endpoint = Some((port, identity.fingerprint));
+    }
+    let control = control_socket(&relay, &config, stop_rx.clone())?;
+    servers.push(tokio::spawn(async move {
+        if let Ok(Err(err)) = control.await {
+            tracing::warn!(error = %err, "control socket stopped with an error");
+        }
+    }));
     let presence = tokio::spawn(relay_core::presence::run(relay.clone(), stop_rx.clone()));
-    let mdns = start_discovery(&relay, http_port, stop_rx.clone())?;
+    let mdns = start_discovery(&relay, http_port, tls_endpoint, stop_rx.clone())?;
     let outbox = tokio::spawn(relay_core::webhooks::outbox::run(
         relay.clone(),
         stop_rx.clone(),
@@ -110,25 +129,41 @@ pub async fn run(config: RelayConfig) -> anyhow::Result<()> {
 }
 
 /// Starts mDNS when the config asks for it (never with the built-in
-/// defaults).
+/// defaults). The relay advertises its HTTPS port and certificate
+/// fingerprint when HTTPS is on, its plain-HTTP port otherwise.
 fn start_discovery(
     relay: &Arc<Relay>,
     http_port: u16,
+    tls: Option<(u16, String)>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Option<relay_core::discovery::MdnsDiscovery>> {
     let config = &relay.config.discovery;
     if !config.enabled {
         return Ok(None);
     }
-    if http_port == 0 && config.advertise_port == 0 {
-        tracing::warn!("mDNS not started: no HTTP listener and no discovery.advertise_port");
+    let (port, fingerprint) = match tls {
+        Some((port, fingerprint)) => (port, Some(fingerprint)),
+        None => (http_port, None),
+    };
+    if port == 0 && config.advertise_port == 0 {
+        tracing::warn!("mDNS not started: no listener and no discovery.advertise_port");
         return Ok(None);
     }
-    // TLS does not exist yet: the relay advertises tls=0 and no fingerprint.
-    let discovery =
-        relay_core::discovery::MdnsDiscovery::start(relay.clone(), http_port, None, stop)
-            .context("cannot start mDNS discovery")?;
+    let discovery = relay_core::discovery::MdnsDiscovery::start(
+        relay.clone(),
+        port,
+        fingerprint.as_deref(),
+        stop,
+    )
+    .context("cannot start mDNS discovery")?;
     Ok(Some(discovery))
+}
+
+async fn bind(address: &str, key: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let addr: SocketAddr = address.parse().with_context(|| key.to_string())?;
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({key})"))
 }
 
 fn control_socket(
@@ -142,6 +177,7 @@ fn control_socket(
         .with_context(|| format!("cannot create the control socket {}", path.display()))?;
     set_mode(&path, 0o600)?;
     let app = relay_core::control::router(relay.clone());
+    let app = app.into_make_service_with_connect_info::<relay_core::api::audit::ControlPeer>();
     Ok(tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {

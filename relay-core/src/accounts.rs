@@ -12,7 +12,7 @@ use crate::relay::Relay;
 use crate::store::{Batch, Table};
 
 /// A key as lists show it: never the secret.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct KeyView {
     pub key_id: KeyId,
     pub name: String,
@@ -28,29 +28,35 @@ pub struct KeyView {
 }
 
 /// A key just created: the only time `key` is shown.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CreatedKey {
     #[serde(flatten)]
     pub view: KeyView,
     pub key: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct NewKey {
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
+    #[schema(value_type = Option<crate::ids::UserId>)]
     pub user_id: Option<String>,
+    #[schema(minimum = 1)]
     pub expires_in_days: Option<i64>,
+    #[schema(value_type = Option<Timestamp>)]
     pub expires_at: Option<String>,
     pub rate_limit: Option<RateLimit>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct NewUser {
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
+    #[schema(value_type = Role)]
     pub role: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UserView {
     pub user_id: UserId,
     pub name: String,

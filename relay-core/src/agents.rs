@@ -27,68 +27,87 @@ const MAX_UPDATES: usize = 10_000;
 const MAX_RESULTS: usize = 1_000;
 const MAX_CVES_PER_UPDATE: usize = 5_000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct EnrollRequest {
     pub enrollment_token: String,
+    #[schema(min_length = 1, max_length = 200)]
     pub machine_id: String,
+    #[schema(min_length = 1, max_length = 255)]
     pub hostname: String,
+    #[schema(value_type = OsFamily)]
     pub os_family: String,
+    #[schema(min_length = 1, max_length = 200)]
     pub os_name: String,
+    #[schema(max_length = 100)]
     pub os_version: String,
+    #[schema(max_length = 50)]
     pub agent_version: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EnrollResponse {
     pub device_id: DeviceId,
     pub agent_token: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct WireCve {
     pub id: String,
     pub cvss: Option<f64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct WireUpdate {
     pub update_id: String,
     pub kb: Option<String>,
     pub package: Option<String>,
     pub title: String,
+    #[schema(value_type = Severity)]
     pub severity: String,
     #[serde(default)]
     pub cves: Vec<WireCve>,
+    #[schema(value_type = Option<Timestamp>)]
     pub released_at: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct WireResult {
     pub update_id: String,
+    #[schema(value_type = InstallOutcome)]
     pub result: String,
     pub error_code: Option<String>,
+    #[schema(value_type = Timestamp)]
     pub at: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct WireRebootResult {
+    #[schema(value_type = ScheduleId)]
     pub schedule_id: String,
+    /// `completed` or `failed`.
     pub result: String,
+    #[schema(value_type = Timestamp)]
     pub at: String,
     pub error: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CheckinRequest {
+    #[schema(min_length = 1, max_length = 255)]
     pub hostname: String,
+    #[schema(value_type = OsFamily)]
     pub os_family: String,
+    #[schema(min_length = 1, max_length = 200)]
     pub os_name: String,
+    #[schema(max_length = 100)]
     pub os_version: String,
+    #[schema(max_length = 50)]
     pub agent_version: String,
     #[serde(default)]
     pub ip_addresses: Vec<String>,
     #[serde(default)]
     pub reboot_pending: bool,
+    #[schema(value_type = Option<Timestamp>)]
     pub reboot_pending_since: Option<String>,
     #[serde(default)]
     pub available_updates: Vec<WireUpdate>,
@@ -100,13 +119,13 @@ pub struct CheckinRequest {
     pub installed_kbs: Vec<String>,
 }
 
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ExclusionCommand {
     pub kind: ExclusionKind,
     pub value: String,
 }
 
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct RebootCommand {
     pub schedule_id: ScheduleId,
     pub at: Timestamp,
@@ -114,7 +133,7 @@ pub struct RebootCommand {
     pub force: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CheckinResponse {
     pub next_checkin_s: u64,
     pub exclusions: Vec<ExclusionCommand>,

@@ -23,7 +23,19 @@ pub const AGENT_TOKEN_PREFIX: &str = "ppa_";
 pub const ENROLLMENT_TOKEN_PREFIX: &str = "ppe_";
 const SECRET_LEN: usize = 40;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Viewer,

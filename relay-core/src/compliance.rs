@@ -21,13 +21,13 @@ use crate::inventory::{Severity, Update};
 use crate::relay::Relay;
 use crate::store::{encode, Batch, Table};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Reason {
     pub code: String,
     pub detail: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeviceCompliance {
     pub device_id: DeviceId,
     pub hostname: String,
@@ -35,7 +35,7 @@ pub struct DeviceCompliance {
     pub reasons: Vec<Reason>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Summary {
     pub total_devices: usize,
     pub compliant: usize,
@@ -44,7 +44,7 @@ pub struct Summary {
 }
 
 /// The policy a snapshot was taken under, as shown to clients.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Policy {
     pub critical_max_age_days: i64,
     pub checkin_max_age_days: i64,
@@ -71,7 +71,7 @@ struct SnapshotHeader {
 }
 
 /// A snapshot with its device list.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Snapshot {
     pub snapshot_id: SnapshotId,
     pub taken_at: Timestamp,
@@ -81,7 +81,7 @@ pub struct Snapshot {
 }
 
 /// A snapshot in lists: everything but the device rows.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SnapshotListing {
     pub snapshot_id: SnapshotId,
     pub taken_at: Timestamp,

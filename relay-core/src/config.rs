@@ -38,6 +38,7 @@ pub struct RelayConfig {
     pub discovery: DiscoveryConfig,
     pub webhooks: WebhooksConfig,
     pub courier: CourierConfig,
+    pub audit: AuditConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -45,6 +46,21 @@ pub struct RelayConfig {
 pub struct ServerConfig {
     /// Plain-HTTP listener. Empty to turn it off. Default `127.0.0.1:8080`.
     pub http_listen: String,
+    /// HTTPS listener (rustls, TLS 1.2 and 1.3). Empty to turn it off.
+    /// Default `127.0.0.1:8443`; the appliance config listens on every
+    /// address.
+    pub https_listen: String,
+    /// PEM certificate chain (leaf first) for HTTPS. Empty: a self-signed
+    /// certificate generated on first start in `<data_dir>/tls/`.
+    pub tls_cert_file: String,
+    /// PEM private key matching `tls_cert_file` (both or neither).
+    pub tls_key_file: String,
+    /// A client must send a request's headers within this many seconds
+    /// (also the idle time allowed between keep-alive requests). Default 10.
+    pub header_read_timeout_s: u64,
+    /// Open connections at most; further clients wait to be accepted.
+    /// Default 1024.
+    pub max_connections: usize,
     /// Largest request body under `/api`, in bytes. Default 1 MiB.
     pub api_body_limit: usize,
     /// Largest request body under `/agent`, in bytes. Default 8 MiB.
@@ -61,6 +77,11 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             http_listen: "127.0.0.1:8080".into(),
+            https_listen: "127.0.0.1:8443".into(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            header_read_timeout_s: 10,
+            max_connections: 1024,
             api_body_limit: 1024 * 1024,
             agent_body_limit: 8 * 1024 * 1024,
             request_timeout_s: 30,
@@ -118,7 +139,7 @@ impl Default for AgentsConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimit {
     pub read_per_minute: u32,
@@ -286,6 +307,25 @@ impl Default for EventsConfig {
         Self {
             retention_days: 30,
             max_events: 200_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Audit entries older than this are pruned. Default 365.
+    pub retention_days: i64,
+    /// At most this many entries are kept; the oldest go first.
+    /// Default 100000.
+    pub max_records: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            retention_days: 365,
+            max_records: 100_000,
         }
     }
 }
@@ -604,21 +644,58 @@ impl RelayConfig {
             1024,
             4 << 30,
         )?;
+        in_range("audit.retention_days", self.audit.retention_days, 1, 36_500)?;
+        in_range(
+            "audit.max_records",
+            i64::try_from(self.audit.max_records).unwrap_or(i64::MAX),
+            100,
+            100_000_000,
+        )?;
         Ok(())
     }
 }
 
 impl ServerConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        if !self.http_listen.is_empty() && self.http_listen.parse::<SocketAddr>().is_err() {
+        for (name, value, example) in [
+            ("server.http_listen", &self.http_listen, "127.0.0.1:8080"),
+            ("server.https_listen", &self.https_listen, "0.0.0.0:8443"),
+        ] {
+            if !value.is_empty() && value.parse::<SocketAddr>().is_err() {
+                return Err(bad(
+                    name,
+                    format!("`{value}` is not an address:port such as {example}"),
+                ));
+            }
+        }
+        if !self.http_listen.is_empty() && self.http_listen == self.https_listen {
             return Err(bad(
-                "server.http_listen",
-                format!(
-                    "`{}` is not an address:port such as 127.0.0.1:8080",
-                    self.http_listen
-                ),
+                "server.https_listen",
+                "HTTP and HTTPS cannot share one address and port".to_string(),
             ));
         }
+        if self.tls_cert_file.is_empty() != self.tls_key_file.is_empty() {
+            return Err(bad(
+                if self.tls_cert_file.is_empty() {
+                    "server.tls_cert_file"
+                } else {
+                    "server.tls_key_file"
+                },
+                "name both the certificate and the key file, or neither".to_string(),
+            ));
+        }
+        in_range(
+            "server.header_read_timeout_s",
+            self.header_read_timeout_s as i64,
+            1,
+            3600,
+        )?;
+        in_range(
+            "server.max_connections",
+            self.max_connections as i64,
+            1,
+            1_000_000,
+        )?;
         in_range(
             "server.api_body_limit",
             self.api_body_limit as i64,

@@ -15,6 +15,10 @@
 //! | `GET /backup` | a consistent snapshot of the store, as a backup file |
 //! | `GET /courier`, `POST /courier/trust`, `DELETE /courier/trust/:key` | courier keys and versions |
 //! | `POST /bundles`, `GET /bundles/export` | courier bundles in and out |
+//! | `GET /audit` | the audit trail (same filters as `GET /api/audit`) |
+//!
+//! Every change made here, and every backup taken, is written to the audit
+//! trail with the caller's operating-system user id.
 
 use std::sync::Arc;
 
@@ -64,8 +68,33 @@ pub fn router(relay: Arc<Relay>) -> Router {
         .route("/courier/trust/{key}", delete(courier_trust_remove))
         .route("/bundles", post(bundles_import))
         .route("/bundles/export", get(bundles_export))
+        .route("/audit", get(audit_list))
+        .layer(axum::middleware::from_fn_with_state(
+            relay.clone(),
+            crate::api::audit::audit_cli,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(16 << 20))
         .with_state(relay)
+}
+
+async fn audit_list(
+    State(relay): State<Arc<Relay>>,
+    params: crate::api::Params,
+) -> ApiResult<Json<serde_json::Value>> {
+    crate::api::audit::audit_page(&relay, &params).map(Json)
+}
+
+/// Reads the control socket's peer credentials, for the audit trail.
+impl
+    axum::extract::connect_info::Connected<
+        axum::serve::IncomingStream<'_, tokio::net::UnixListener>,
+    > for crate::api::audit::ControlPeer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
+        Self {
+            uid: stream.io().peer_cred().ok().map(|cred| cred.uid()),
+        }
+    }
 }
 
 /// Creates the first admin and their key. Refused once an admin exists.

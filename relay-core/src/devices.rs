@@ -68,11 +68,11 @@ impl DeviceRecord {
 }
 
 /// Install results kept per device, newest last.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RecentResults(pub Vec<InstallResult>);
 
 /// One device as lists show it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct DeviceSummary {
     pub device_id: DeviceId,
     pub hostname: String,

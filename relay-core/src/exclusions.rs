@@ -8,7 +8,7 @@ use crate::clock::Timestamp;
 use crate::ids::{ExclusionId, UserId};
 use crate::inventory::{fold_case, is_package_name, normalize_kb, OsFamily, Severity, Update};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ExclusionKind {
     Kb,
@@ -210,13 +210,17 @@ mod tests {
 }
 
 /// `POST /api/patch-exclusions` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct NewExclusion {
+    #[schema(value_type = ExclusionKind)]
     pub kind: String,
     pub value: String,
+    #[schema(value_type = Option<OsFamily>)]
     pub os_family: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 1000)]
     pub reason: String,
+    #[schema(value_type = Option<Timestamp>)]
     pub expires_at: Option<String>,
 }
 

@@ -97,6 +97,22 @@ macro_rules! define_id {
             }
         }
 
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .pattern(Some(concat!("^", $prefix, "[0-9A-HJKMNP-TV-Z]{26}$")))
+                    .examples([concat!($prefix, "01HXYZ8K3M4N5P6Q7R8S9T0VWX")])
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {
+            fn name() -> std::borrow::Cow<'static, str> {
+                std::borrow::Cow::Borrowed(stringify!($name))
+            }
+        }
+
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 if d.is_human_readable() {
@@ -135,6 +151,8 @@ define_id!(/// One delivery attempt of a webhook.
     DeliveryId, "dlv_");
 define_id!(/// A compliance snapshot.
     SnapshotId, "snap_");
+define_id!(/// An entry of the audit trail.
+    AuditId, "aud_");
 
 #[cfg(test)]
 mod tests {

@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod agents;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod clock;
@@ -23,8 +24,10 @@ pub mod limits;
 pub mod presence;
 pub mod reboots;
 pub mod relay;
+pub mod server;
 pub mod store;
 pub mod tasks;
+pub mod tls;
 pub mod vulns;
 pub mod webhooks;
 

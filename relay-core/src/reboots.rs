@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::Timestamp;
 use crate::ids::{DeviceId, ScheduleId, UserId};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RebootStatus {
     Scheduled,
@@ -104,10 +104,12 @@ mod tests {
 }
 
 /// `POST /api/reboot-management/:device_id/schedule` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct NewSchedule {
+    #[schema(value_type = Timestamp)]
     pub at: String,
     #[serde(default)]
+    #[schema(max_length = 500)]
     pub message: String,
     #[serde(default)]
     pub force: bool,

@@ -72,6 +72,8 @@ pub struct Relay {
     /// The Microsoft update catalog for offline assessment, when imported.
     pub catalog: RwLock<Option<Arc<crate::catalog::Catalog>>>,
     lifecycle: AtomicU8,
+    /// SHA-256 of the served TLS certificate, once HTTPS is up.
+    tls_fingerprint: std::sync::OnceLock<String>,
 }
 
 impl Relay {
@@ -114,6 +116,7 @@ impl Relay {
             webhooks: crate::webhooks::WebhookHub::load(&store)?,
             catalog: RwLock::new(crate::catalog::load_for_relay(&store)?),
             lifecycle: AtomicU8::new(Lifecycle::Starting as u8),
+            tls_fingerprint: std::sync::OnceLock::new(),
             config,
             clock,
             store,
@@ -217,6 +220,16 @@ impl Relay {
 
     pub fn set_lifecycle(&self, state: Lifecycle) {
         self.lifecycle.store(state as u8, Ordering::SeqCst);
+    }
+
+    /// Records the fingerprint of the certificate HTTPS serves (once).
+    pub fn set_tls_fingerprint(&self, fingerprint: String) {
+        let _ = self.tls_fingerprint.set(fingerprint);
+    }
+
+    /// The served certificate's SHA-256 fingerprint (hex), when HTTPS is on.
+    pub fn tls_fingerprint(&self) -> Option<&str> {
+        self.tls_fingerprint.get().map(String::as_str)
     }
 }
 

@@ -40,12 +40,13 @@ pub async fn run(relay: Arc<Relay>, mut stop: watch::Receiver<bool>) {
 type Step<'a> = dyn Fn() -> Result<(), crate::error::RelayError> + 'a;
 
 fn housekeeping(relay: &Relay) {
-    let steps: [(&str, &Step<'_>); 5] = [
+    let steps: [(&str, &Step<'_>); 6] = [
         ("missed reboots", &|| relay.sweep_missed_reboots().map(drop)),
         ("exclusion expiry", &|| relay.refresh_exclusions()),
         ("key last use", &|| relay.persist_last_used()),
         ("event retention", &|| prune_events(relay).map(drop)),
         ("snapshot retention", &|| relay.prune_snapshots().map(drop)),
+        ("audit retention", &|| relay.prune_audit().map(drop)),
     ];
     for (name, step) in steps {
         if let Err(err) = step() {

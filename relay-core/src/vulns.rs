@@ -19,7 +19,7 @@ use crate::store::{Batch, Store, StoreError, Table};
 const META_KEV_VERSION: &[u8] = b"kev_version";
 
 /// One CVE open on the fleet.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Vulnerability {
     pub cve_id: String,
     pub severity: Severity,

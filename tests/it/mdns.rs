@@ -248,7 +248,10 @@ fn count_by_device(events: &[EventRecord], kind: EventType) -> HashMap<String, u
 
 #[test]
 fn agents_find_the_relay_by_mdns_alone_and_are_matched_to_their_devices() {
-    let mut site = Site::new("");
+    // As on the appliance: HTTPS on the LAN with the self-signed
+    // certificate, whose fingerprint the agents learn from the relay's TXT
+    // record and pin.
+    let mut site = Site::new("[server]\nhttps_listen = \"0.0.0.0:8443\"\n");
     let a = site.host(11);
     let b = site.host(12);
     let c = site.host(13);
@@ -278,6 +281,11 @@ fn agents_find_the_relay_by_mdns_alone_and_are_matched_to_their_devices() {
         .iter()
         .any(|d| d["hostname"] == long.as_str()));
     assert_eq!(site.get("/api/discovered")["total"], 0);
+    let logs = site.agent_logs();
+    assert!(
+        logs.contains("found over mDNS at https://"),
+        "the agents did not take the advertised HTTPS endpoint: {logs}"
+    );
 
     let events = site.stop_and_read_events();
     let online = count_by_device(&events, EventType::DeviceOnline);

@@ -118,19 +118,41 @@ impl RelayClient {
 
     /// Like [`RelayClient::new`] without the loopback check.
     pub fn new_any_host(base_url: &str, max_in_flight: usize) -> anyhow::Result<RelayClient> {
+        Self::build(base_url, max_in_flight, None)
+    }
+
+    /// An HTTPS client that accepts exactly the certificate whose SHA-256
+    /// fingerprint (hex, colons allowed) is `pin`, as an agent does with the
+    /// fingerprint the relay advertises over mDNS.
+    pub fn new_pinned(
+        base_url: &str,
+        max_in_flight: usize,
+        pin: &str,
+    ) -> anyhow::Result<RelayClient> {
+        let tls = crate::pinning::client_config(pin)?;
+        Self::build(base_url, max_in_flight, Some(tls))
+    }
+
+    fn build(
+        base_url: &str,
+        max_in_flight: usize,
+        tls: Option<rustls::ClientConfig>,
+    ) -> anyhow::Result<RelayClient> {
         let base = Url::parse(base_url).with_context(|| format!("bad relay URL {base_url:?}"))?;
         if !matches!(base.scheme(), "http" | "https") {
             bail!("relay URL must be http(s): {base_url}");
         }
         let permits = max_in_flight.max(1);
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(permits)
-            .user_agent(concat!("patchpilot-fleet-sim/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("build HTTP client")?;
+            .user_agent(concat!("patchpilot-fleet-sim/", env!("CARGO_PKG_VERSION")));
+        if let Some(tls) = tls {
+            builder = builder.use_preconfigured_tls(tls);
+        }
+        let http = builder.build().context("build HTTP client")?;
         Ok(RelayClient {
             http,
             base,

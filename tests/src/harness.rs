@@ -73,6 +73,10 @@ pub struct RelayProcess {
     pub log_path: PathBuf,
     /// The LAN host the relay runs on (see `netns`), if any.
     pub host: Option<crate::netns::Host>,
+    /// The HTTPS port when the relay was started with [`Self::start_https`].
+    pub https_port: Option<u16>,
+    /// `PATCHPILOT_LOG` for the process (default: the test's own, else info).
+    log_filter: Option<String>,
 }
 
 impl RelayProcess {
@@ -84,12 +88,37 @@ impl RelayProcess {
         Self::start_on(None, extra_toml)
     }
 
+    /// Like [`Self::start`], with HTTPS on a free loopback port as well
+    /// (self-signed certificate unless `extra_toml` names one) and the log
+    /// at `log_filter` when given.
+    ///
+    /// # Errors
+    /// The relay does not become ready within 30 s.
+    pub fn start_https(extra_toml: &str, log_filter: Option<&str>) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let mut extra: toml::Table = toml::from_str(extra_toml).context("extra config")?;
+        merge(
+            &mut extra,
+            toml::from_str(&format!("[server]\nhttps_listen = \"127.0.0.1:{port}\"\n"))?,
+        );
+        Self::start_full(None, &toml::to_string(&extra)?, log_filter, Some(port))
+    }
+
     /// Starts a relay inside the namespace of `host` (listening on
     /// `0.0.0.0:8080` there), or on loopback when `host` is `None`.
     ///
     /// # Errors
     /// The relay does not become ready within 30 s.
     pub fn start_on(host: Option<crate::netns::Host>, extra_toml: &str) -> anyhow::Result<Self> {
+        Self::start_full(host, extra_toml, None, None)
+    }
+
+    fn start_full(
+        host: Option<crate::netns::Host>,
+        extra_toml: &str,
+        log_filter: Option<&str>,
+        https_port: Option<u16>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let (port, listen, base_url) = match &host {
             Some(h) => (
@@ -107,7 +136,7 @@ impl RelayProcess {
             }
         };
         let mut config: toml::Table = toml::from_str(&format!(
-            "[server]\nhttp_listen = \"{listen}\"\n[store]\ndata_dir = {:?}\n",
+            "[server]\nhttp_listen = \"{listen}\"\nhttps_listen = \"\"\n[store]\ndata_dir = {:?}\n",
             dir.path().join("data").display().to_string()
         ))?;
         merge(
@@ -127,6 +156,8 @@ impl RelayProcess {
             admin_key: String::new(),
             admin_user: String::new(),
             enrollment_token: String::new(),
+            https_port,
+            log_filter: log_filter.map(str::to_string),
         };
         relay.launch()?;
         let out = relay.cli(&["init-admin", "--name", "test-admin"])?;
@@ -177,7 +208,9 @@ impl RelayProcess {
             .arg("serve")
             .env(
                 "PATCHPILOT_LOG",
-                std::env::var("PATCHPILOT_LOG").unwrap_or_else(|_| "info".into()),
+                self.log_filter.clone().unwrap_or_else(|| {
+                    std::env::var("PATCHPILOT_LOG").unwrap_or_else(|_| "info".into())
+                }),
             )
             .stdout(Stdio::null())
             .stderr(log)

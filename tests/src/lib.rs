@@ -27,6 +27,7 @@ pub mod harness;
 pub mod linux;
 pub mod mdns;
 pub mod netns;
+pub mod pinning;
 pub mod products;
 pub mod profiles;
 pub mod protocol;

@@ -20,6 +20,8 @@ pub struct FoundRelay {
     pub relay_id: String,
     pub proto: String,
     pub tls: bool,
+    /// The certificate fingerprint advertised in `tls_sha256`, to pin.
+    pub tls_sha256: Option<String>,
 }
 
 /// An mdns-sd daemon restricted to `interfaces` ("lo" for loopback) before
@@ -81,14 +83,19 @@ pub fn find_relay(daemon: &ServiceDaemon, timeout: Duration) -> anyhow::Result<F
             IpAddr::V6(v6) => format!("[{v6}]"),
         };
         let _ = daemon.stop_browse(RELAY_SERVICE);
+        let tls = service.get_property_val_str("tls") == Some("1");
+        let scheme = if tls { "https" } else { "http" };
         return Ok(FoundRelay {
-            url: format!("http://{host}:{}", service.get_port()),
+            url: format!("{scheme}://{host}:{}", service.get_port()),
             relay_id: service
                 .get_property_val_str("relay_id")
                 .unwrap_or_default()
                 .to_string(),
             proto: "1".into(),
-            tls: service.get_property_val_str("tls") == Some("1"),
+            tls,
+            tls_sha256: service
+                .get_property_val_str("tls_sha256")
+                .map(str::to_string),
         });
     }
     bail!("no relay answered on _pprelay._tcp within {timeout:?}")

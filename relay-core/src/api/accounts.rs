@@ -22,6 +22,12 @@ fn require_admin(who: &Principal) -> ApiResult<()> {
     }
 }
 
+#[utoipa::path(get, path = "/api/keys", tag = "accounts",
+    responses(
+        (status = 200, description = "Every key, never a secret", body = super::openapi::KeyList),
+        (status = 403, response = super::openapi::Forbidden),
+    ),
+    security(("api_key" = [])))]
 pub async fn keys_list(
     State(relay): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -33,6 +39,15 @@ pub async fn keys_list(
     ))
 }
 
+#[utoipa::path(post, path = "/api/keys", tag = "accounts",
+    request_body = crate::accounts::NewKey,
+    responses(
+        (status = 201, description = "The key; `key` is shown this once", body = crate::accounts::CreatedKey),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 409, response = super::openapi::Conflict),
+    ),
+    security(("api_key" = [])))]
 pub async fn keys_create(
     State(relay): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -43,6 +58,15 @@ pub async fn keys_create(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
+#[utoipa::path(delete, path = "/api/keys/{key_id}", tag = "accounts",
+    params(("key_id" = crate::ids::KeyId, Path, description = "A `key_` id")),
+    responses(
+        (status = 204, description = "The key is revoked"),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 409, response = super::openapi::Conflict),
+    ),
+    security(("api_key" = [])))]
 pub async fn keys_revoke(
     State(relay): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -54,6 +78,12 @@ pub async fn keys_revoke(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/api/users", tag = "accounts",
+    responses(
+        (status = 200, description = "Every user", body = super::openapi::UserList),
+        (status = 403, response = super::openapi::Forbidden),
+    ),
+    security(("api_key" = [])))]
 pub async fn users_list(
     State(relay): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -65,6 +95,14 @@ pub async fn users_list(
     ))
 }
 
+#[utoipa::path(post, path = "/api/users", tag = "accounts",
+    request_body = crate::accounts::NewUser,
+    responses(
+        (status = 201, description = "The user", body = crate::accounts::UserView),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 409, response = super::openapi::Conflict),
+    ),
+    security(("api_key" = [])))]
 pub async fn users_create(
     State(relay): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -75,6 +113,15 @@ pub async fn users_create(
     Ok((StatusCode::CREATED, Json(user)))
 }
 
+#[utoipa::path(post, path = "/api/users/{user_id}/disable", tag = "accounts",
+    params(("user_id" = crate::ids::UserId, Path, description = "A `usr_` id")),
+    responses(
+        (status = 200, description = "The user, disabled with every one of its keys", body = crate::accounts::UserView),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 409, response = super::openapi::Conflict),
+    ),
+    security(("api_key" = [])))]
 pub async fn users_disable(
     State(relay): State<AppState>,
     Extension(who): Extension<Principal>,

@@ -12,6 +12,14 @@ use super::AppState;
 use crate::agents::{CheckinRequest, CheckinResponse, EnrollRequest, EnrollResponse};
 use crate::auth::bearer;
 
+#[utoipa::path(post, path = "/agent/v1/enroll", tag = "agent",
+    request_body = crate::agents::EnrollRequest,
+    responses(
+        (status = 201, description = "The device id and its agent token, shown this once", body = crate::agents::EnrollResponse),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 409, response = super::openapi::Conflict),
+    ),
+    security(()))]
 pub async fn enroll(
     State(relay): State<AppState>,
     JsonBody(body): JsonBody<EnrollRequest>,
@@ -19,6 +27,14 @@ pub async fn enroll(
     Ok((StatusCode::CREATED, Json(relay.enroll(body).await?)))
 }
 
+#[utoipa::path(post, path = "/agent/v1/checkin", tag = "agent",
+    request_body = crate::agents::CheckinRequest,
+    responses(
+        (status = 200, description = "What the agent should do next", body = crate::agents::CheckinResponse),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 409, response = super::openapi::Conflict),
+    ),
+    security(("agent_token" = [])))]
 pub async fn checkin(
     State(relay): State<AppState>,
     req: Request,

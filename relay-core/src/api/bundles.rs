@@ -90,6 +90,29 @@ fn is_octet_stream(request: &Request) -> bool {
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/octet-stream"))
 }
 
+/// `POST /api/bundles` answer, as the OpenAPI document describes it.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct BundleApplied {
+    /// The version of the bundle just applied.
+    bundle_version: u64,
+    /// What changed: `kev_entries`, `catalog`, `exclusions_created`,
+    /// `exclusions_deleted`, `reboots_scheduled`, `reboots_cancelled`,
+    /// `keys_revoked`, `export_confirmed`.
+    applied: std::collections::BTreeMap<String, Option<u64>>,
+}
+
+#[utoipa::path(post, path = "/api/bundles", tag = "courier",
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "A signed inbound courier bundle (see docs/courier.md)"),
+    responses(
+        (status = 200, description = "The bundle was applied, all of it", body = BundleApplied),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 413, response = super::openapi::PayloadTooLarge),
+        (status = 415, response = super::openapi::UnsupportedMediaType),
+        (status = 422, response = super::openapi::UnprocessableEntity),
+    ),
+    security(("api_key" = [])))]
 pub async fn bundles_import(
     State(relay): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -112,6 +135,14 @@ pub async fn bundles_import(
     Ok(Json(report))
 }
 
+#[utoipa::path(get, path = "/api/bundles/export", tag = "courier",
+    responses(
+        (status = 200, description = "The signed outbound bundle of what the MSP has not confirmed", content(
+            (Vec<u8> = "application/octet-stream"),
+        )),
+        (status = 403, response = super::openapi::Forbidden),
+    ),
+    security(("api_key" = [])))]
 pub async fn bundles_export(
     State(relay): State<AppState>,
     Extension(who): Extension<Principal>,

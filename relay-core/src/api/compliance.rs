@@ -52,6 +52,15 @@ fn render(snapshot: &Snapshot, csv: bool) -> Response {
     }
 }
 
+#[utoipa::path(get, path = "/api/compliance/snapshot", tag = "compliance",
+    params(("format" = Option<String>, Query, description = "`json` or `csv`; without it the `Accept` header decides", pattern = "^(json|csv)$")),
+    responses(
+        (status = 200, description = "The latest snapshot (taken now when there is none)", content(
+            (crate::compliance::Snapshot = "application/json"),
+            (String = "text/csv"),
+        )),
+    ),
+    security(("api_key" = [])))]
 pub async fn snapshot_latest(
     State(relay): State<AppState>,
     params: Params,
@@ -65,6 +74,12 @@ pub async fn snapshot_latest(
     Ok(render(&snapshot, csv))
 }
 
+#[utoipa::path(post, path = "/api/compliance/snapshot", tag = "compliance",
+    responses(
+        (status = 201, description = "A snapshot taken now", body = crate::compliance::Snapshot),
+        (status = 403, response = super::openapi::Forbidden),
+    ),
+    security(("api_key" = [])))]
 pub async fn snapshot_take(
     State(relay): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -78,6 +93,13 @@ pub async fn snapshot_take(
     Ok((StatusCode::CREATED, Json(snapshot)).into_response())
 }
 
+#[utoipa::path(get, path = "/api/compliance/snapshots", tag = "compliance",
+    params(super::openapi::Paging),
+    responses(
+        (status = 200, description = "Snapshots, newest first, without their device rows", body = super::openapi::SnapshotList),
+        (status = 422, response = super::openapi::UnprocessableEntity),
+    ),
+    security(("api_key" = [])))]
 pub async fn snapshots_list(
     State(relay): State<AppState>,
     params: Params,
@@ -98,6 +120,16 @@ pub async fn snapshots_list(
     ))
 }
 
+#[utoipa::path(get, path = "/api/compliance/snapshots/{snapshot_id}", tag = "compliance",
+    params(("snapshot_id" = crate::ids::SnapshotId, Path, description = "A `snap_` id"), ("format" = Option<String>, Query, description = "`json` or `csv`; without it the `Accept` header decides", pattern = "^(json|csv)$")),
+    responses(
+        (status = 200, description = "The snapshot", content(
+            (crate::compliance::Snapshot = "application/json"),
+            (String = "text/csv"),
+        )),
+        (status = 404, response = super::openapi::NotFound),
+    ),
+    security(("api_key" = [])))]
 pub async fn snapshots_get(
     State(relay): State<AppState>,
     crate::api::RawId(id): crate::api::RawId,

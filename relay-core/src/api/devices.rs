@@ -13,6 +13,19 @@ use crate::ids::DeviceId;
 use crate::inventory::{fold_case, OsFamily};
 use crate::store::Table;
 
+#[utoipa::path(get, path = "/api/devices", tag = "devices",
+    params(
+        super::openapi::Paging,
+        ("status" = Option<String>, Query, description = "`online` or `offline`", pattern = "^(online|offline)$"),
+        ("os_family" = Option<crate::inventory::OsFamily>, Query, description = "Only this OS family"),
+        ("q" = Option<String>, Query, description = "Host name contains (case-insensitive)"),
+        ("has_critical" = Option<bool>, Query, description = "Only devices with (or without) a critical update"),
+    ),
+    responses(
+        (status = 200, description = "A page of devices", body = DeviceList),
+        (status = 422, response = super::openapi::UnprocessableEntity),
+    ),
+    security(("api_key" = [])))]
 pub async fn devices_list(
     State(relay): State<AppState>,
     params: Params,
@@ -37,13 +50,20 @@ pub async fn devices_list(
     }))
 }
 
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct DeviceList {
     devices: Vec<crate::devices::DeviceSummary>,
     total: usize,
     next_cursor: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/devices/{device_id}", tag = "devices",
+    params(("device_id" = crate::ids::DeviceId, Path, description = "A `dev_` id")),
+    responses(
+        (status = 200, description = "The device with its updates, results and compliance", body = super::openapi::DeviceDetail),
+        (status = 404, response = super::openapi::NotFound),
+    ),
+    security(("api_key" = [])))]
 pub async fn devices_get(
     State(relay): State<AppState>,
     crate::api::RawId(id): crate::api::RawId,

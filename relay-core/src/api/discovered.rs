@@ -10,6 +10,13 @@ use super::problem::ApiResult;
 use super::AppState;
 use crate::discovery::MAX_INSTANCE_BYTES;
 
+#[utoipa::path(get, path = "/api/discovered", tag = "devices",
+    params(super::openapi::Paging),
+    responses(
+        (status = 200, description = "Agents heard over mDNS that match no enrolled device", body = super::openapi::DiscoveredList),
+        (status = 422, response = super::openapi::UnprocessableEntity),
+    ),
+    security(("api_key" = [])))]
 pub async fn discovered_list(
     State(relay): State<AppState>,
     params: Params,

@@ -28,6 +28,13 @@ fn view(e: &Exclusion, now: crate::clock::Timestamp) -> serde_json::Value {
     })
 }
 
+#[utoipa::path(get, path = "/api/patch-exclusions", tag = "exclusions",
+    params(super::openapi::Paging),
+    responses(
+        (status = 200, description = "A page of exclusions", body = super::openapi::ExclusionList),
+        (status = 422, response = super::openapi::UnprocessableEntity),
+    ),
+    security(("api_key" = [])))]
 pub async fn exclusions_list(
     State(relay): State<AppState>,
     params: Params,
@@ -50,6 +57,13 @@ pub async fn exclusions_list(
     ))
 }
 
+#[utoipa::path(get, path = "/api/patch-exclusions/{exclusion_id}", tag = "exclusions",
+    params(("exclusion_id" = crate::ids::ExclusionId, Path, description = "An `exc_` id")),
+    responses(
+        (status = 200, description = "The exclusion", body = super::openapi::ExclusionView),
+        (status = 404, response = super::openapi::NotFound),
+    ),
+    security(("api_key" = [])))]
 pub async fn exclusions_get(
     State(relay): State<AppState>,
     crate::api::RawId(id): crate::api::RawId,
@@ -63,6 +77,14 @@ pub async fn exclusions_get(
     Ok(Json(view(&e, relay.clock.now())))
 }
 
+#[utoipa::path(post, path = "/api/patch-exclusions", tag = "exclusions",
+    request_body = crate::exclusions::NewExclusion,
+    responses(
+        (status = 201, description = "The exclusion", body = super::openapi::ExclusionView),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 409, response = super::openapi::Conflict),
+    ),
+    security(("api_key" = [])))]
 pub async fn exclusions_create(
     State(relay): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -77,6 +99,14 @@ pub async fn exclusions_create(
     Ok((StatusCode::CREATED, Json(view(&e, relay.clock.now()))))
 }
 
+#[utoipa::path(delete, path = "/api/patch-exclusions/{exclusion_id}", tag = "exclusions",
+    params(("exclusion_id" = crate::ids::ExclusionId, Path, description = "An `exc_` id")),
+    responses(
+        (status = 204, description = "The exclusion is gone"),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, response = super::openapi::NotFound),
+    ),
+    security(("api_key" = [])))]
 pub async fn exclusions_delete(
     State(relay): State<AppState>,
     Extension(who): Extension<Principal>,

@@ -28,8 +28,14 @@ pub fn client_ip(req: &Request) -> IpAddr {
 
 /// Gives each request an id (returned in `x-request-id`) and logs one line
 /// per request at debug; server errors at error.
-pub async fn trace_request(State(relay): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn trace_request(
+    State(relay): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let id = format!("req_{}", ulid::Ulid::new());
+    req.extensions_mut()
+        .insert(super::audit::RequestId(id.clone()));
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let started = Instant::now();

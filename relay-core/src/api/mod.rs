@@ -4,6 +4,7 @@
 //! | route | purpose |
 //! | --- | --- |
 //! | `GET /healthz`, `GET /readyz`, `GET /metrics` | liveness, readiness, Prometheus |
+//! | `GET /api/openapi.json` | the OpenAPI 3.1 description of all of these |
 //! | `GET /api/relay` | relay id, version, uptime, event log depth, webhook outbox |
 //! | `GET /api/devices`, `GET /api/devices/:id` | the fleet |
 //! | `GET /api/discovered` | agents heard over mDNS that match no enrolled device |
@@ -17,17 +18,22 @@
 //! | `POST /api/webhooks/:id/rotate-secret`, `POST /api/webhooks/:id/test` | secret rotation, test event |
 //! | `GET /api/webhooks/:id/deliveries` | a webhook's deliveries and attempts |
 //! | `POST /api/bundles`, `GET /api/bundles/export` | courier bundles in and out (admin) |
+//! | `GET /api/audit` | the audit trail of changes (admin) |
 //! | `POST /agent/v1/enroll`, `POST /agent/v1/checkin` | agents |
 
 mod accounts;
 mod agent;
+pub mod audit;
 mod bundles;
 mod compliance;
 mod devices;
 mod discovered;
 mod exclusions;
 mod extract;
+#[cfg(test)]
+mod fuzz;
 mod middleware;
+pub mod openapi;
 mod ops;
 pub mod problem;
 mod reboots;
@@ -55,6 +61,7 @@ pub type AppState = Arc<Relay>;
 pub fn router(relay: Arc<Relay>) -> Router {
     let api = Router::new()
         .route("/relay", get(ops::relay_info))
+        .route("/openapi.json", get(openapi::openapi_json))
         .route("/devices", get(devices::devices_list))
         .route("/devices/{device_id}", get(devices::devices_get))
         .route("/discovered", get(discovered::discovered_list))
@@ -112,7 +119,12 @@ pub fn router(relay: Arc<Relay>) -> Router {
         )
         .route("/bundles", post(bundles::bundles_import))
         .route("/bundles/export", get(bundles::bundles_export))
+        .route("/audit", get(audit::audit_list))
         .fallback(middleware::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            relay.clone(),
+            audit::audit_api,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             relay.clone(),
             middleware::require_key,

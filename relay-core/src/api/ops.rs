@@ -15,10 +15,19 @@ use crate::discovery::DiscoveryMetrics;
 use crate::relay::Lifecycle;
 use crate::store::Table;
 
+#[utoipa::path(get, path = "/healthz", tag = "ops",
+    responses((status = 200, description = "The process is alive", body = super::openapi::HealthStatus)),
+    security(()))]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "ops",
+    responses(
+        (status = 200, description = "The relay serves requests", body = super::openapi::HealthStatus),
+        (status = 503, response = super::openapi::ServiceUnavailable),
+    ),
+    security(()))]
 pub async fn readyz(State(relay): State<AppState>) -> Response {
     match relay.lifecycle() {
         Lifecycle::Ready => Json(serde_json::json!({"status": "ready"})).into_response(),
@@ -26,6 +35,9 @@ pub async fn readyz(State(relay): State<AppState>) -> Response {
     }
 }
 
+#[utoipa::path(get, path = "/api/relay", tag = "ops",
+    responses((status = 200, description = "Relay id, version, uptime, store and webhook outbox figures", body = super::openapi::RelayInfo)),
+    security(("api_key" = [])))]
 pub async fn relay_info(State(relay): State<AppState>) -> Json<serde_json::Value> {
     let kev = relay
         .kev
@@ -44,6 +56,7 @@ pub async fn relay_info(State(relay): State<AppState>) -> Json<serde_json::Value
         "update_sets": relay.store.len(Table::UpdateSets),
         "updates_stored": relay.store.len(Table::Updates),
         "webhooks": webhook_info(&relay),
+        "tls_sha256": relay.tls_fingerprint(),
     }))
 }
 
@@ -76,6 +89,12 @@ fn webhook_info(relay: &crate::relay::Relay) -> serde_json::Value {
     })
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses(
+        (status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain; version=0.0.4"),
+        (status = 401, response = super::openapi::Unauthorized),
+    ),
+    security((), ("api_key" = [])))]
 pub async fn metrics(State(relay): State<AppState>, req: Request) -> Response {
     if relay.config.server.metrics_require_key {
         let presented = bearer(

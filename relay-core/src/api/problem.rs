@@ -24,13 +24,20 @@ pub enum ApiError {
     Internal,
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An RFC 9457 problem: every error the relay answers.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Problem<'a> {
+    /// A URI naming the kind of problem.
     #[serde(rename = "type")]
     kind: String,
+    /// The status's reason phrase.
     title: &'a str,
+    /// The HTTP status.
+    #[schema(minimum = 400, maximum = 599)]
     status: u16,
+    /// What went wrong, for a human.
     detail: String,
+    /// With 422: each invalid field.
     #[serde(skip_serializing_if = "Option::is_none")]
     errors: Option<&'a [FieldError]>,
 }

@@ -35,6 +35,13 @@ fn require_operator(who: &Principal) -> ApiResult<()> {
     }
 }
 
+#[utoipa::path(get, path = "/api/reboot-management", tag = "reboots",
+    params(super::openapi::Paging),
+    responses(
+        (status = 200, description = "Devices with a pending or scheduled reboot", body = super::openapi::RebootList),
+        (status = 422, response = super::openapi::UnprocessableEntity),
+    ),
+    security(("api_key" = [])))]
 pub async fn reboots_list(
     State(relay): State<AppState>,
     params: Params,
@@ -76,6 +83,16 @@ pub async fn reboots_list(
     ))
 }
 
+#[utoipa::path(post, path = "/api/reboot-management/{device_id}/schedule", tag = "reboots",
+    params(("device_id" = crate::ids::DeviceId, Path, description = "A `dev_` id")),
+    request_body = crate::reboots::NewSchedule,
+    responses(
+        (status = 201, description = "The reboot is scheduled", body = super::openapi::RebootScheduleView),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 409, response = super::openapi::Conflict),
+    ),
+    security(("api_key" = [])))]
 pub async fn reboots_schedule(
     State(relay): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -88,6 +105,15 @@ pub async fn reboots_schedule(
     Ok((StatusCode::CREATED, Json(schedule_json(&schedule))))
 }
 
+#[utoipa::path(delete, path = "/api/reboot-management/{device_id}/schedule", tag = "reboots",
+    params(("device_id" = crate::ids::DeviceId, Path, description = "A `dev_` id")),
+    responses(
+        (status = 204, description = "The open schedule is cancelled"),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 409, response = super::openapi::Conflict),
+    ),
+    security(("api_key" = [])))]
 pub async fn reboots_cancel(
     State(relay): State<AppState>,
     Extension(who): Extension<Principal>,

@@ -67,6 +67,14 @@ fn delivery_view(d: &DeliveryRecord) -> serde_json::Value {
     })
 }
 
+#[utoipa::path(get, path = "/api/webhooks", tag = "webhooks",
+    params(super::openapi::Paging),
+    responses(
+        (status = 200, description = "A page of webhooks", body = super::openapi::WebhookList),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 422, response = super::openapi::UnprocessableEntity),
+    ),
+    security(("api_key" = [])))]
 pub async fn webhooks_list(
     State(relay): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -88,6 +96,14 @@ pub async fn webhooks_list(
     ))
 }
 
+#[utoipa::path(post, path = "/api/webhooks", tag = "webhooks",
+    request_body = crate::webhooks::NewWebhook,
+    responses(
+        (status = 201, description = "The webhook; `secret` is shown this once", body = super::openapi::CreatedWebhook),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 409, response = super::openapi::Conflict),
+    ),
+    security(("api_key" = [])))]
 pub async fn webhooks_create(
     State(relay): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -100,6 +116,14 @@ pub async fn webhooks_create(
     Ok((StatusCode::CREATED, Json(out)))
 }
 
+#[utoipa::path(get, path = "/api/webhooks/{webhook_id}", tag = "webhooks",
+    params(("webhook_id" = crate::ids::WebhookId, Path, description = "A `whk_` id")),
+    responses(
+        (status = 200, description = "The webhook", body = super::openapi::WebhookView),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, response = super::openapi::NotFound),
+    ),
+    security(("api_key" = [])))]
 pub async fn webhooks_get(
     State(relay): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -110,6 +134,16 @@ pub async fn webhooks_get(
     Ok(Json(view(&relay, &relay.webhook_get(id)?)))
 }
 
+#[utoipa::path(patch, path = "/api/webhooks/{webhook_id}", tag = "webhooks",
+    params(("webhook_id" = crate::ids::WebhookId, Path, description = "A `whk_` id")),
+    request_body = crate::webhooks::WebhookChanges,
+    responses(
+        (status = 200, description = "The changed webhook", body = super::openapi::WebhookView),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 409, response = super::openapi::Conflict),
+    ),
+    security(("api_key" = [])))]
 pub async fn webhooks_update(
     State(relay): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -122,6 +156,14 @@ pub async fn webhooks_update(
     Ok(Json(view(&relay, &record)))
 }
 
+#[utoipa::path(delete, path = "/api/webhooks/{webhook_id}", tag = "webhooks",
+    params(("webhook_id" = crate::ids::WebhookId, Path, description = "A `whk_` id")),
+    responses(
+        (status = 204, description = "The webhook and its outbox are gone"),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, response = super::openapi::NotFound),
+    ),
+    security(("api_key" = [])))]
 pub async fn webhooks_delete(
     State(relay): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -133,12 +175,24 @@ pub async fn webhooks_delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateBody {
+    /// How long the previous secret stays valid, in seconds.
+    #[schema(minimum = 0, maximum = 604_800)]
     grace_period_s: Option<i64>,
 }
 
+#[utoipa::path(post, path = "/api/webhooks/{webhook_id}/rotate-secret", tag = "webhooks",
+    params(("webhook_id" = crate::ids::WebhookId, Path, description = "A `whk_` id")),
+    request_body(content = Option<RotateBody>, description = "Optional; an empty body keeps the default grace period", content_type = "application/json"),
+    responses(
+        (status = 200, description = "The new secret, shown this once", body = super::openapi::RotatedSecret),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 409, response = super::openapi::Conflict),
+    ),
+    security(("api_key" = [])))]
 pub async fn webhooks_rotate_secret(
     State(relay): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -170,6 +224,15 @@ pub async fn webhooks_rotate_secret(
     })))
 }
 
+#[utoipa::path(post, path = "/api/webhooks/{webhook_id}/test", tag = "webhooks",
+    params(("webhook_id" = crate::ids::WebhookId, Path, description = "A `whk_` id")),
+    responses(
+        (status = 202, description = "A `webhook.test` event is queued for this webhook", body = super::openapi::QueuedTestEvent),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 409, response = super::openapi::Conflict),
+    ),
+    security(("api_key" = [])))]
 pub async fn webhooks_test(
     State(relay): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -186,6 +249,17 @@ pub async fn webhooks_test(
     ))
 }
 
+#[utoipa::path(get, path = "/api/webhooks/{webhook_id}/deliveries", tag = "webhooks",
+    params(("webhook_id" = crate::ids::WebhookId, Path, description = "A `whk_` id"), super::openapi::Paging,
+        ("status" = Option<crate::webhooks::DeliveryStatus>, Query, description = "Only deliveries in this state"),
+    ),
+    responses(
+        (status = 200, description = "A page of deliveries, newest first", body = super::openapi::DeliveryList),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 422, response = super::openapi::UnprocessableEntity),
+    ),
+    security(("api_key" = [])))]
 pub async fn webhooks_deliveries(
     State(relay): State<AppState>,
     Extension(who): Extension<Principal>,

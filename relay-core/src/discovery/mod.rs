@@ -187,7 +187,7 @@ fn bound_txt(txt: Vec<(String, String)>) -> Vec<(String, String)> {
 }
 
 /// An agent heard over mDNS that matches no enrolled device.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DiscoveredRecord {
     pub instance: String,
     pub hostname: String,

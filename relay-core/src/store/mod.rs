@@ -61,6 +61,7 @@ pub enum Table {
     WebhookRetries,
     Deliveries,
     Catalog,
+    Audit,
 }
 
 impl Table {
@@ -93,6 +94,7 @@ impl Table {
         Table::WebhookRetries,
         Table::Deliveries,
         Table::Catalog,
+        Table::Audit,
     ];
 
     fn name(self) -> &'static str {
@@ -125,6 +127,7 @@ impl Table {
             Table::WebhookRetries => "webhook_retries",
             Table::Deliveries => "deliveries",
             Table::Catalog => "catalog",
+            Table::Audit => "audit",
         }
     }
 }

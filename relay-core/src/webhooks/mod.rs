@@ -35,7 +35,7 @@ const MAX_GRACE_S: i64 = 604_800;
 /// Attempts kept in a delivery's history.
 const ATTEMPTS_KEPT: usize = 10;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum WebhookStatus {
     Active,
@@ -103,7 +103,7 @@ impl WebhookRecord {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryStatus {
     Pending,
@@ -257,17 +257,21 @@ pub fn oldest_needed_sequence(
 }
 
 /// `POST /api/webhooks` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewWebhook {
+    #[schema(pattern = "^https?://", min_length = 1, max_length = 2048)]
     pub url: String,
+    /// Event type names, or `["*"]` for every type.
+    #[schema(min_items = 1)]
     pub events: Vec<String>,
     #[serde(default)]
+    #[schema(max_length = 500)]
     pub description: String,
 }
 
 /// `PATCH /api/webhooks/:id` body.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookChanges {
     pub url: Option<String>,

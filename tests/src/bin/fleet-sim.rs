@@ -302,7 +302,11 @@ async fn simulate(cli: &Cli, profiles: &[Profile]) -> anyhow::Result<()> {
             let timeout = Duration::from_secs(cli.resolve_timeout);
             let found = tokio::task::block_in_place(|| mdns::find_relay(d, timeout))?;
             eprintln!("relay {} found over mDNS at {}", found.relay_id, found.url);
-            RelayClient::new_any_host(&found.url, cli.concurrency)?
+            match (&found.tls, &found.tls_sha256) {
+                (true, Some(pin)) => RelayClient::new_pinned(&found.url, cli.concurrency, pin)?,
+                (true, None) => bail!("the relay advertises TLS without a fingerprint to pin"),
+                (false, _) => RelayClient::new_any_host(&found.url, cli.concurrency)?,
+            }
         }
     }
     .with_stats(fleet.stats().clone());
