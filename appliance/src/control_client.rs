@@ -79,6 +79,37 @@ async fn send(
     }
 }
 
+/// Sends a binary body (a courier bundle) to the relay's control API and
+/// returns the status and JSON body.
+///
+/// # Errors
+/// Neither the socket nor the store can be reached, or the answer is not JSON.
+pub async fn call_bytes(
+    config: &RelayConfig,
+    path: &str,
+    bytes: Vec<u8>,
+) -> anyhow::Result<(StatusCode, serde_json::Value)> {
+    let socket = crate::settings::socket_path(config);
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(path)
+        .header("host", "relay")
+        .header("content-type", "application/octet-stream")
+        .body(Body::from(bytes))?;
+    match tokio::net::UnixStream::connect(&socket).await {
+        Ok(stream) => over_socket(stream, request).await,
+        Err(_) => {
+            if !config.store.data_dir.join("store").exists() {
+                bail!(
+                    "no relay is running and there is no store at {} (check --config / --data-dir)",
+                    config.store.data_dir.display()
+                );
+            }
+            in_process(config, request, &socket).await
+        }
+    }
+}
+
 /// Fetches a binary answer (a backup) from the relay's control API into
 /// `out`, which must not exist: written to `out.partial`, fsynced, renamed.
 ///
@@ -101,8 +132,13 @@ pub async fn download(config: &RelayConfig, path: &str, out: &Path) -> anyhow::R
         }
         Err(_) => {
             let relay = open_in_process(config, &socket)?;
-            let response = relay_core::control::router(relay).oneshot(request).await?;
-            save(response, &mut file).await
+            let response = relay_core::control::router(relay.clone())
+                .oneshot(request)
+                .await?;
+            let saved = save(response, &mut file).await;
+            // What the answer recorded (an export's version) must last.
+            relay.store.sync_now().await?;
+            saved
         }
     };
     let finished = saved.and_then(|()| {

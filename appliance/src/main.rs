@@ -4,6 +4,7 @@
 mod backup;
 mod catalog_cli;
 mod control_client;
+mod courier;
 mod serve;
 mod settings;
 mod systemd;
@@ -106,6 +107,20 @@ enum Command {
     /// Replace the store with a backup. The relay must be stopped; a damaged
     /// or foreign file is refused and the current store is left as it was.
     Restore { file: PathBuf },
+    /// Keys trusted to sign inbound courier bundles.
+    #[command(subcommand)]
+    Trust(courier::TrustCommand),
+    /// Print the relay's public courier key (the MSP verifies exports with it).
+    RelayKey,
+    /// Apply a signed inbound courier bundle, all of it or nothing.
+    ImportBundle { file: PathBuf },
+    /// Write the signed outbound courier bundle of everything the MSP has
+    /// not confirmed to OUT.
+    ExportBundle { out: PathBuf },
+    /// The MSP's side of the courier: keys, building, verifying and
+    /// replaying bundles. Needs no relay.
+    #[command(subcommand)]
+    Bundle(courier::BundleCommand),
 }
 
 #[derive(Subcommand)]
@@ -221,6 +236,16 @@ fn main() -> ExitCode {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    if let Command::Bundle(command) = cli.command {
+        // The MSP's side: no config, no store.
+        return finish(
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(courier::bundle(command))),
+        );
+    }
     let config = match settings::load(cli.config.as_deref(), cli.data_dir.as_deref()) {
         Ok(c) => c,
         Err(err) => {
@@ -238,7 +263,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli.command, config)) {
+    finish(runtime.block_on(dispatch(cli.command, config)))
+}
+
+fn finish(outcome: anyhow::Result<()>) -> ExitCode {
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("patchpilot-relay: {err:#}");
@@ -256,6 +285,11 @@ async fn dispatch(command: Command, config: relay_core::RelayConfig) -> anyhow::
         Command::ImportCatalog { file } => return catalog_cli::import(&config, &file).await,
         Command::Assess { file, json } => return catalog_cli::assess(&config, &file, json).await,
         Command::Restore { file } => return backup::restore(&config, &file).await,
+        Command::Trust(command) => return courier::trust(&config, command).await,
+        Command::RelayKey => return courier::relay_key(&config).await,
+        Command::ImportBundle { file } => return courier::import(&config, &file).await,
+        Command::ExportBundle { out } => return courier::export(&config, &out).await,
+        Command::Bundle(command) => return courier::bundle(command).await,
         Command::CheckConfig => {
             println!("{}", toml::to_string_pretty(&config)?);
             return Ok(());

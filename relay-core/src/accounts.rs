@@ -290,17 +290,35 @@ impl Relay {
     /// # Errors
     /// 404 for an unknown key.
     pub async fn revoke_key(&self, id: KeyId) -> RelayResult<()> {
-        let mut key = self.auth.key(id).ok_or(RelayError::NotFound("key"))?;
-        if key.revoked_at.is_none() {
-            key.revoked_at = Some(self.clock.now());
-            let mut batch = Batch::new();
-            batch.put(Table::Keys, id.to_bytes().to_vec(), &key);
+        let mut batch = Batch::new();
+        if let Some(key) = self.stage_revoke_key(&mut batch, id, self.clock.now())? {
             self.store.writer().apply(batch)?;
             self.store.durable().await?;
             self.auth.put_key(key);
             tracing::info!(key_id = %id, "API key revoked");
         }
         Ok(())
+    }
+
+    /// Adds a key's revocation to `batch` and returns the revoked record
+    /// (`None` when it was revoked already). The caller puts the record
+    /// into the auth cache once the batch is applied.
+    ///
+    /// # Errors
+    /// 404 for an unknown key.
+    pub fn stage_revoke_key(
+        &self,
+        batch: &mut Batch,
+        id: KeyId,
+        now: Timestamp,
+    ) -> RelayResult<Option<KeyRecord>> {
+        let mut key = self.auth.key(id).ok_or(RelayError::NotFound("key"))?;
+        if key.revoked_at.is_some() {
+            return Ok(None);
+        }
+        key.revoked_at = Some(now);
+        batch.put(Table::Keys, id.to_bytes().to_vec(), &key);
+        Ok(Some(key))
     }
 
     /// Writes the last-use times gathered in memory (at most once a minute,

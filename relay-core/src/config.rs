@@ -37,6 +37,7 @@ pub struct RelayConfig {
     pub events: EventsConfig,
     pub discovery: DiscoveryConfig,
     pub webhooks: WebhooksConfig,
+    pub courier: CourierConfig,
     pub audit: AuditConfig,
 }
 
@@ -429,6 +430,23 @@ impl Default for WebhooksConfig {
     }
 }
 
+/// Courier bundles (air-gapped sites).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CourierConfig {
+    /// The largest inbound bundle accepted, in bytes; larger ones are
+    /// refused whole (413 over the API). Default 268435456 (256 MiB).
+    pub max_bundle_bytes: u64,
+}
+
+impl Default for CourierConfig {
+    fn default() -> Self {
+        Self {
+            max_bundle_bytes: 256 << 20,
+        }
+    }
+}
+
 impl DiscoveryConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         match &self.interfaces {
@@ -620,6 +638,12 @@ impl RelayConfig {
             100_000_000,
         )?;
         self.webhooks.validate(&self.events)?;
+        in_range(
+            "courier.max_bundle_bytes",
+            i64::try_from(self.courier.max_bundle_bytes).unwrap_or(i64::MAX),
+            1024,
+            4 << 30,
+        )?;
         in_range("audit.retention_days", self.audit.retention_days, 1, 36_500)?;
         in_range(
             "audit.max_records",

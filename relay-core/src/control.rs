@@ -15,6 +15,8 @@
 //! | `POST /catalog` | import a WES-NG `definitions.zip` (body: the zip) |
 //! | `POST /assess` | assess a machine: `systeminfo` text or `{os_build, installed_kbs}` |
 //! | `GET /backup` | a consistent snapshot of the store, as a backup file |
+//! | `GET /courier`, `POST /courier/trust`, `DELETE /courier/trust/:key` | courier keys and versions |
+//! | `POST /bundles`, `GET /bundles/export` | courier bundles in and out |
 //! | `GET /audit` | the audit trail (same filters as `GET /api/audit`) |
 //!
 //! Every change made here, and every backup taken, is written to the audit
@@ -65,6 +67,11 @@ pub fn router(relay: Arc<Relay>) -> Router {
         .route("/enrollment-token", post(enrollment_rotate))
         .route("/kev", post(kev_import))
         .route("/backup", get(backup_take))
+        .route("/courier", get(courier_status))
+        .route("/courier/trust", post(courier_trust_add))
+        .route("/courier/trust/{key}", delete(courier_trust_remove))
+        .route("/bundles", post(bundles_import))
+        .route("/bundles/export", get(bundles_export))
         .route("/audit", get(audit_list))
         .route(
             "/catalog",
@@ -240,6 +247,48 @@ async fn assess(
     crate::api::assessments::assess_body(&relay, content_type, &body)
         .await
         .map(Json)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TrustRequest {
+    pub public_key: String,
+    pub name: String,
+}
+
+async fn courier_status(State(relay): State<Arc<Relay>>) -> ApiResult<Json<serde_json::Value>> {
+    let status = relay.courier_status().map_err(crate::api::courier_error)?;
+    Ok(Json(json!(status)))
+}
+
+async fn courier_trust_add(
+    State(relay): State<Arc<Relay>>,
+    JsonBody(req): JsonBody<TrustRequest>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let record = relay.trust_add(&req.public_key, &req.name).await?;
+    Ok((StatusCode::CREATED, Json(json!(record))))
+}
+
+async fn courier_trust_remove(
+    State(relay): State<Arc<Relay>>,
+    crate::api::RawId(key): crate::api::RawId,
+) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(json!(relay.trust_remove(&key).await?)))
+}
+
+async fn bundles_import(
+    State(relay): State<Arc<Relay>>,
+    request: axum::extract::Request,
+) -> ApiResult<Json<serde_json::Value>> {
+    let bytes = crate::api::read_bundle(request, relay.config.courier.max_bundle_bytes).await?;
+    let report = relay
+        .import_bundle(bytes, None)
+        .await
+        .map_err(crate::api::courier_error)?;
+    Ok(Json(json!(report)))
+}
+
+async fn bundles_export(State(relay): State<Arc<Relay>>) -> ApiResult<Response> {
+    crate::api::export_response(relay).await
 }
 
 /// Streams a consistent snapshot of the store. The snapshot is written

@@ -33,6 +33,8 @@ pub enum EventType {
     VulnerabilityDetected,
     #[serde(rename = "webhook.test")]
     WebhookTest,
+    #[serde(rename = "bundle.imported")]
+    BundleImported,
 }
 
 impl EventType {
@@ -50,6 +52,7 @@ impl EventType {
             EventType::ComplianceDriftDetected => "compliance.drift_detected",
             EventType::VulnerabilityDetected => "vulnerability.detected",
             EventType::WebhookTest => "webhook.test",
+            EventType::BundleImported => "bundle.imported",
         }
     }
 }

@@ -240,7 +240,28 @@ mod ops {
             req: NewExclusion,
             by: UserId,
         ) -> RelayResult<Exclusion> {
-            let now = self.clock.now();
+            let exclusion = self.check_exclusion(req, by, self.clock.now())?;
+            {
+                let mut writer = self.store.writer();
+                let mut batch = Batch::new();
+                Self::stage_exclusion(&writer, &mut batch, &exclusion)?;
+                writer.apply(batch)?;
+                self.refresh_exclusions()?;
+            }
+            self.store.durable().await?;
+            Ok(exclusion)
+        }
+
+        /// Validates a new exclusion into the record it would create.
+        ///
+        /// # Errors
+        /// 422 for invalid fields.
+        pub fn check_exclusion(
+            &self,
+            req: NewExclusion,
+            by: UserId,
+            now: Timestamp,
+        ) -> RelayResult<Exclusion> {
             let mut checks = Checks::new();
             let kind = match req.kind.as_str() {
                 "kb" => Some(ExclusionKind::Kb),
@@ -283,8 +304,7 @@ mod ops {
             let (Some(kind), Some(value)) = (kind, value) else {
                 return Err(RelayError::invalid("value", "is required"));
             };
-
-            let exclusion = Exclusion {
+            Ok(Exclusion {
                 exclusion_id: ExclusionId::generate(),
                 kind,
                 value,
@@ -293,30 +313,34 @@ mod ops {
                 created_at: now,
                 created_by: by,
                 expires_at,
-            };
+            })
+        }
+
+        /// Adds the writes that create `exclusion` to `batch`.
+        ///
+        /// # Errors
+        /// 409 naming the existing exclusion; a storage failure.
+        pub fn stage_exclusion(
+            writer: &crate::store::Writer<'_>,
+            batch: &mut Batch,
+            exclusion: &Exclusion,
+        ) -> RelayResult<()> {
             let unique = exclusion.unique_key();
+            if let Some(existing) = writer
+                .store()
+                .get::<ExclusionId>(Table::ExclusionKeys, &unique)?
             {
-                let mut writer = self.store.writer();
-                if let Some(existing) = writer
-                    .store()
-                    .get::<ExclusionId>(Table::ExclusionKeys, &unique)?
-                {
-                    return Err(RelayError::Conflict {
-                        detail: format!("the same exclusion exists as {existing}"),
-                    });
-                }
-                let mut batch = Batch::new();
-                batch.put(
-                    Table::Exclusions,
-                    exclusion.exclusion_id.to_bytes().to_vec(),
-                    &exclusion,
-                );
-                batch.put(Table::ExclusionKeys, unique, &exclusion.exclusion_id);
-                writer.apply(batch)?;
-                self.refresh_exclusions()?;
+                return Err(RelayError::Conflict {
+                    detail: format!("the same exclusion exists as {existing}"),
+                });
             }
-            self.store.durable().await?;
-            Ok(exclusion)
+            batch.put(
+                Table::Exclusions,
+                exclusion.exclusion_id.to_bytes().to_vec(),
+                exclusion,
+            );
+            batch.put(Table::ExclusionKeys, unique, &exclusion.exclusion_id);
+            Ok(())
         }
 
         /// Removes an exclusion.
@@ -326,18 +350,31 @@ mod ops {
         pub async fn delete_exclusion(&self, id: ExclusionId) -> RelayResult<()> {
             {
                 let mut writer = self.store.writer();
-                let exclusion: Exclusion = writer
-                    .store()
-                    .get(Table::Exclusions, &id.to_bytes())?
-                    .ok_or(RelayError::NotFound("exclusion"))?;
                 let mut batch = Batch::new();
-                batch.delete(Table::Exclusions, id.to_bytes().to_vec());
-                batch.delete(Table::ExclusionKeys, exclusion.unique_key());
+                Self::stage_exclusion_delete(&writer, &mut batch, id)?;
                 writer.apply(batch)?;
                 self.refresh_exclusions()?;
             }
             self.store.durable().await?;
             Ok(())
+        }
+
+        /// Adds the writes that remove exclusion `id` to `batch`.
+        ///
+        /// # Errors
+        /// 404 for an unknown id; a storage failure.
+        pub fn stage_exclusion_delete(
+            writer: &crate::store::Writer<'_>,
+            batch: &mut Batch,
+            id: ExclusionId,
+        ) -> RelayResult<Exclusion> {
+            let exclusion: Exclusion = writer
+                .store()
+                .get(Table::Exclusions, &id.to_bytes())?
+                .ok_or(RelayError::NotFound("exclusion"))?;
+            batch.delete(Table::Exclusions, id.to_bytes().to_vec());
+            batch.delete(Table::ExclusionKeys, exclusion.unique_key());
+            Ok(exclusion)
         }
 
         /// Reloads the active exclusions into the fleet index (after a

@@ -12,6 +12,7 @@ pub mod clock;
 pub mod compliance;
 pub mod config;
 pub mod control;
+pub mod courier;
 pub mod devices;
 pub mod discovery;
 pub mod error;

@@ -135,6 +135,31 @@ mod ops {
             by: UserId,
         ) -> RelayResult<RebootSchedule> {
             let now = self.clock.now();
+            let schedule = self.check_reboot(device_id, req, by, now)?;
+            {
+                let mut writer = self.store.writer();
+                let mut batch = Batch::new();
+                self.stage_reboot(&writer, &mut batch, &schedule, now)?;
+                writer.apply(batch)?;
+                self.fleet
+                    .set_scheduled(device_id, Some((schedule.schedule_id, schedule.at)));
+            }
+            self.store.durable().await?;
+            Ok(schedule)
+        }
+
+        /// Validates a schedule request into the record it would create.
+        ///
+        /// # Errors
+        /// 404 for an unknown device, 422 for a time in the past or too far
+        /// ahead.
+        pub fn check_reboot(
+            &self,
+            device_id: DeviceId,
+            req: NewSchedule,
+            by: UserId,
+            now: Timestamp,
+        ) -> RelayResult<RebootSchedule> {
             let mut checks = Checks::new();
             let max_ahead = self.config.reboot.max_ahead_days;
             let at = match Timestamp::parse(&req.at) {
@@ -157,8 +182,7 @@ mod ops {
                 return Err(RelayError::NotFound("device"));
             }
             checks.finish()?;
-
-            let schedule = RebootSchedule {
+            Ok(RebootSchedule {
                 schedule_id: ScheduleId::generate(),
                 device_id,
                 at,
@@ -170,39 +194,47 @@ mod ops {
                 dispatched_at: None,
                 finished_at: None,
                 error: None,
-            };
-            {
-                let mut writer = self.store.writer();
-                let mut batch = Batch::new();
-                self.stage_close_open(&writer, &mut batch, device_id, now)?;
-                batch.put(
-                    Table::Reboots,
-                    schedule.schedule_id.to_bytes().to_vec(),
-                    &schedule,
-                );
-                batch.put(
-                    Table::DeviceReboots,
-                    device_id.to_bytes().to_vec(),
-                    &schedule.schedule_id,
-                );
-                let data = serde_json::json!({
-                    "device_id": device_id,
-                    "hostname": self.fleet.hostname_of(device_id),
-                    "schedule_id": schedule.schedule_id,
-                    "at": at,
-                    "force": schedule.force,
-                });
-                batch.event(EventType::RebootScheduled, now, data);
-                writer.apply(batch)?;
-                self.fleet
-                    .set_scheduled(device_id, Some((schedule.schedule_id, at)));
-            }
-            self.store.durable().await?;
-            Ok(schedule)
+            })
+        }
+
+        /// Adds the writes and the event of a new schedule to `batch`,
+        /// closing the device's open one. The caller updates the fleet
+        /// index once the batch is applied.
+        ///
+        /// # Errors
+        /// A storage failure.
+        pub fn stage_reboot(
+            &self,
+            writer: &crate::store::Writer<'_>,
+            batch: &mut Batch,
+            schedule: &RebootSchedule,
+            now: Timestamp,
+        ) -> RelayResult<()> {
+            let device_id = schedule.device_id;
+            self.stage_close_open(writer, batch, device_id, now)?;
+            batch.put(
+                Table::Reboots,
+                schedule.schedule_id.to_bytes().to_vec(),
+                schedule,
+            );
+            batch.put(
+                Table::DeviceReboots,
+                device_id.to_bytes().to_vec(),
+                &schedule.schedule_id,
+            );
+            let data = serde_json::json!({
+                "device_id": device_id,
+                "hostname": self.fleet.hostname_of(device_id),
+                "schedule_id": schedule.schedule_id,
+                "at": schedule.at,
+                "force": schedule.force,
+            });
+            batch.event(EventType::RebootScheduled, now, data);
+            Ok(())
         }
 
         /// Marks the device's open schedule cancelled, if there is one.
-        fn stage_close_open(
+        pub fn stage_close_open(
             &self,
             writer: &crate::store::Writer<'_>,
             batch: &mut Batch,

@@ -95,6 +95,29 @@ pub fn load_kev(store: &Store) -> Result<KevCatalog, StoreError> {
     Ok(KevCatalog { version, cves })
 }
 
+/// Adds the writes that replace the stored KEV catalog with `catalog`.
+///
+/// # Errors
+/// A storage failure.
+pub fn stage_kev(store: &Store, batch: &mut Batch, catalog: &KevCatalog) -> Result<(), StoreError> {
+    for old in store.keys(Table::Kev)? {
+        if !catalog
+            .cves
+            .contains(std::str::from_utf8(&old).unwrap_or(""))
+        {
+            batch.delete(Table::Kev, old);
+        }
+    }
+    for cve in &catalog.cves {
+        batch.put(Table::Kev, cve.as_bytes().to_vec(), &());
+    }
+    match &catalog.version {
+        Some(v) => batch.put(Table::Meta, META_KEV_VERSION.to_vec(), v),
+        None => batch.delete(Table::Meta, META_KEV_VERSION.to_vec()),
+    }
+    Ok(())
+}
+
 impl Relay {
     /// Replaces the KEV catalog, all at once.
     ///
@@ -104,28 +127,20 @@ impl Relay {
         {
             let mut writer = self.store.writer();
             let mut batch = Batch::new();
-            for old in writer.store().keys(Table::Kev)? {
-                if !catalog
-                    .cves
-                    .contains(std::str::from_utf8(&old).unwrap_or(""))
-                {
-                    batch.delete(Table::Kev, old);
-                }
-            }
-            for cve in &catalog.cves {
-                batch.put(Table::Kev, cve.as_bytes().to_vec(), &());
-            }
-            match &catalog.version {
-                Some(v) => batch.put(Table::Meta, META_KEV_VERSION.to_vec(), v),
-                None => batch.delete(Table::Meta, META_KEV_VERSION.to_vec()),
-            }
+            stage_kev(writer.store(), &mut batch, &catalog)?;
             writer.apply(batch)?;
         }
         self.store.sync_now().await?;
         let count = catalog.cves.len();
+        self.replace_kev(catalog);
+        Ok(count)
+    }
+
+    /// Puts an applied catalog in force (after [`stage_kev`]'s batch landed).
+    pub fn replace_kev(&self, catalog: KevCatalog) {
+        let count = catalog.cves.len();
         *self.kev.write().unwrap_or_else(|p| p.into_inner()) = catalog;
         tracing::info!(entries = count, "KEV catalog imported");
-        Ok(count)
     }
 
     pub fn is_known_exploited(&self, cve: &str) -> bool {

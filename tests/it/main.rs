@@ -6,6 +6,7 @@
 mod api;
 mod assessment;
 mod backup;
+mod courier;
 mod crash;
 mod errors;
 mod hostile;

@@ -35,6 +35,9 @@ const MAX_SCANNED_RESPONSE: usize = 256 * 1024;
 /// answer from the body and the catalog).
 const READ_ONLY_POSTS: &[&str] = &["/api/assessments", "/assess"];
 
+/// Reads that are recorded anyway: data leaving the box.
+const AUDITED_READS: &[&str] = &["/api/bundles/export", "/backup", "/bundles/export"];
+
 fn is_change(method: &Method) -> bool {
     matches!(
         *method,
@@ -45,7 +48,7 @@ fn is_change(method: &Method) -> bool {
 /// Audits every change made with an API key (inside `require_key`, so the
 /// caller is known; rate-limited and unauthenticated requests never reach it).
 pub async fn audit_api(State(relay): State<AppState>, req: Request, next: Next) -> Response {
-    if !is_change(req.method()) {
+    if !is_change(req.method()) && !AUDITED_READS.contains(&req.uri().path()) {
         return next.run(req).await;
     }
     let Some(principal) = req.extensions().get::<Principal>().cloned() else {
@@ -61,9 +64,10 @@ pub async fn audit_api(State(relay): State<AppState>, req: Request, next: Next) 
     audited(relay, req, next, actor, source).await
 }
 
-/// Audits every change made through the CLI, and every backup taken.
+/// Audits every change made through the CLI, every backup and every
+/// export taken.
 pub async fn audit_cli(State(relay): State<AppState>, req: Request, next: Next) -> Response {
-    if !is_change(req.method()) && req.uri().path() != "/backup" {
+    if !is_change(req.method()) && !AUDITED_READS.contains(&req.uri().path()) {
         return next.run(req).await;
     }
     let peer = req

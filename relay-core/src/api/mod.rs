@@ -17,6 +17,7 @@
 //! | `GET/POST /api/webhooks`, `GET/PATCH/DELETE /api/webhooks/:id` | webhooks |
 //! | `POST /api/webhooks/:id/rotate-secret`, `POST /api/webhooks/:id/test` | secret rotation, test event |
 //! | `GET /api/webhooks/:id/deliveries` | a webhook's deliveries and attempts |
+//! | `POST /api/bundles`, `GET /api/bundles/export` | courier bundles in and out (admin) |
 //! | `GET /api/audit` | the audit trail of changes (admin) |
 //! | `POST /api/assessments` | offline assessment of a Windows machine (systeminfo or JSON) |
 //! | `POST /agent/v1/enroll`, `POST /agent/v1/checkin` | agents |
@@ -25,6 +26,7 @@ mod accounts;
 mod agent;
 pub(crate) mod assessments;
 pub mod audit;
+mod bundles;
 mod compliance;
 mod devices;
 mod discovered;
@@ -49,6 +51,7 @@ use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 
+pub use bundles::{courier_error, export_response, read_bundle};
 pub use extract::{Cursor, JsonBody, Params, RawId};
 pub use problem::{ApiError, ApiResult};
 
@@ -116,6 +119,8 @@ pub fn router(relay: Arc<Relay>) -> Router {
             "/webhooks/{webhook_id}/deliveries",
             get(webhooks::webhooks_deliveries),
         )
+        .route("/bundles", post(bundles::bundles_import))
+        .route("/bundles/export", get(bundles::bundles_export))
         .route("/audit", get(audit::audit_list))
         .route("/assessments", post(assessments::assessments_create))
         .fallback(middleware::not_found)

@@ -85,6 +85,8 @@ pub const AGENT_TOKEN: &str = "agent_token";
         super::agent::checkin,
         super::audit::audit_list,
         super::assessments::assessments_create,
+        super::bundles::bundles_import,
+        super::bundles::bundles_export,
     ),
     components(schemas(super::problem::Problem)),
     modifiers(&Shared),
@@ -100,6 +102,7 @@ pub const AGENT_TOKEN: &str = "agent_token";
         (name = "agent", description = "The agent protocol"),
         (name = "audit", description = "The audit trail of changes (admin)"),
         (name = "airgap", description = "Offline assessment from an imported catalog"),
+        (name = "courier", description = "Courier bundles in and out (admin)"),
     )
 )]
 pub struct ApiDoc;

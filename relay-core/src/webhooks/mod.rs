@@ -188,6 +188,37 @@ pub struct RetryEntry {
     pub next_attempt_at: Timestamp,
 }
 
+/// One delivery as it goes on the wire: its headers and raw body. The
+/// outbox sends it; courier exports carry it for a later replay.
+#[derive(Debug, Clone)]
+pub struct SignedDelivery {
+    pub delivery_id: DeliveryId,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+/// Signs `event` for `record` at `now`, exactly as a live delivery is.
+pub fn signed_delivery(
+    record: &WebhookRecord,
+    event: &EventRecord,
+    relay_id: &str,
+    now: Timestamp,
+) -> SignedDelivery {
+    let body = serde_json::to_vec(&event.payload(relay_id)).unwrap_or_default();
+    let delivery_id = DeliveryId::generate();
+    let signature = signing::signature_header(record.signing_secrets(now), now.unix(), &body);
+    SignedDelivery {
+        delivery_id,
+        headers: vec![
+            ("Content-Type", "application/json".to_string()),
+            ("X-Patchpilot-Event", event.event_type.as_str().to_string()),
+            ("X-Patchpilot-Delivery", delivery_id.to_string()),
+            ("X-Patchpilot-Signature", signature),
+        ],
+        body,
+    }
+}
+
 /// `webhook id ‖ sequence`: the key of deliveries and retries.
 pub fn delivery_key(webhook: WebhookId, sequence: u64) -> Vec<u8> {
     let mut key = webhook.to_bytes().to_vec();

@@ -29,13 +29,13 @@ use rand::SeedableRng;
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::{
-    backoff, delivery_key, key_sequence, signing, AttemptRecord, DeliveryRecord, DeliveryStatus,
-    RetryEntry, WebhookRecord, WebhookStatus,
+    backoff, delivery_key, key_sequence, AttemptRecord, DeliveryRecord, DeliveryStatus, RetryEntry,
+    WebhookRecord, WebhookStatus,
 };
 use crate::clock::Timestamp;
 use crate::config::WebhooksConfig;
 use crate::events::EventRecord;
-use crate::ids::{DeliveryId, WebhookId};
+use crate::ids::WebhookId;
 use crate::relay::Relay;
 use crate::store::{Batch, Store, StoreError, Table};
 
@@ -686,20 +686,14 @@ impl Worker {
         record: &WebhookRecord,
         event: &EventRecord,
     ) -> (AttemptRecord, Outcome) {
-        let body = serde_json::to_vec(&event.payload(&self.relay.relay_id)).unwrap_or_default();
-        let delivery_id = DeliveryId::generate();
         let now = self.relay.clock.now();
-        let signature = signing::signature_header(record.signing_secrets(now), now.unix(), &body);
-        let sent = self
-            .client
-            .post(&record.url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header("X-Patchpilot-Event", event.event_type.as_str())
-            .header("X-Patchpilot-Delivery", delivery_id.to_string())
-            .header("X-Patchpilot-Signature", signature)
-            .body(body)
-            .send()
-            .await;
+        let signed = super::signed_delivery(record, event, &self.relay.relay_id, now);
+        let delivery_id = signed.delivery_id;
+        let mut request = self.client.post(&record.url);
+        for (name, value) in &signed.headers {
+            request = request.header(*name, value);
+        }
+        let sent = request.body(signed.body).send().await;
         let (response_status, error, outcome) = match sent {
             Ok(mut response) => {
                 let status = response.status().as_u16();
