@@ -172,9 +172,13 @@ fn import(file: &Path, target: &Path) -> Result<(), BackupError> {
         path: target.to_path_buf(),
         source,
     };
+    // No background flusher: its thread would keep the database (and its
+    // file lock) alive for up to a tick after this function returns, and
+    // the caller opens the restored store right away.
     let db = sled::Config::new()
         .path(target)
         .mode(sled::Mode::LowSpace)
+        .flush_every_ms(None)
         .open()
         .map_err(open_err)?;
     let mut tree: Option<sled::Tree> = None;
