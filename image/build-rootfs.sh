@@ -23,10 +23,11 @@
 #   PP_IMAGE_MIRROR  the mirror the image's apt uses (default deb.debian.org);
 #                    the build itself uses the host's (image/arm-build.sh mirror)
 #
-# Speed: the base root (debootstrap's first stage natively, its second stage
-# under qemu) is cached under $PP_ARM_CACHE/rootfs-base, keyed on the suite
-# and the package list; a warm build only copies it, installs the relay's
-# package under qemu, checks first boot and writes the image.
+# Speed: the base root (debootstrap --foreign natively, then the host's dpkg
+# installing it with only the maintainer scripts under qemu) is cached under
+# $PP_ARM_CACHE/rootfs-base, keyed on the suite and the package list; a warm
+# build only copies it, installs the relay's package under qemu, checks
+# first boot and writes the image.
 #
 # binfmt_misc is not mounted on these machines and the host's must not be
 # changed, so every step that runs arm64 code does it in a user namespace
@@ -155,8 +156,6 @@ STAGE2
     emulated "$work/stage2.sh" "$work/stage2.log" ||
         { tail -30 "$work/stage2.log" >&2; die "installing the base packages failed"; }
     rm -rf "$tmp/debootstrap" "$tmp"/var/cache/apt/archives/*.deb
-    printf 'deb %s %s main\ndeb %s %s-updates main\ndeb http://security.debian.org/debian-security %s-security main\n' \
-        "$IMAGE_MIRROR" "$SUITE" "$IMAGE_MIRROR" "$SUITE" "$SUITE" >"$tmp/etc/apt/sources.list"
     touch "$tmp/.ready"
     mv "$tmp" "$BASE"
     log "base root ready in $(($(date +%s) - tb)) s ($(du -sxm "$BASE" | cut -f1) MiB)"
@@ -168,6 +167,8 @@ log "copying the base root"
 cp -a --reflink=auto "$BASE" "$root"
 rm -f "$root/.ready"
 cp "$DEB" "$root/tmp/relay.deb"
+printf 'deb %s %s main\ndeb %s %s-updates main\ndeb http://security.debian.org/debian-security %s-security main\n' \
+    "$IMAGE_MIRROR" "$SUITE" "$IMAGE_MIRROR" "$SUITE" "$SUITE" >"$root/etc/apt/sources.list"
 
 # The package, the boot packages if asked for, and the appliance's settings.
 cat >"$work/install.sh" <<INSTALL
