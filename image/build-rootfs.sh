@@ -188,7 +188,7 @@ if [[ $BOOT == 1 ]]; then
     # In a chroot the firmware's kernel hook would take the build host's
     # root device for cmdline.txt: name the image's root, and run it again.
     echo 'ROOTPART="LABEL=pprelay-root"' >>'$root/etc/default/raspi-firmware'
-    in_root /etc/kernel/postinst.d/z50-raspi-firmware
+    in_root env DEB_MAINT_PARAMS=configure /etc/kernel/postinst.d/z50-raspi-firmware
     mv '$root/etc/apt/sources.list.image' '$root/etc/apt/sources.list'
     rm -rf '$root'/var/lib/apt/lists/*
 fi
