@@ -5,7 +5,7 @@
 #
 #   image/arm-build.sh prepare              make (or reuse) the cached chroot
 #   image/arm-build.sh build [aarch64|armv7|all]   release build, --locked
-#   image/arm-build.sh test  [aarch64|armv7]       relay-core + appliance tests under qemu
+#   image/arm-build.sh test  [aarch64|armv7]       relay-core + appliance unit tests under qemu
 #   image/arm-build.sh smoke [aarch64|armv7]       run the built relay under qemu, probe it, SIGTERM it
 #   image/arm-build.sh check-msrv           native build with the chroot's rustc (1.85)
 #   image/arm-build.sh shell                a shell in the chroot, tree mounted at /src
@@ -143,6 +143,12 @@ enter() {
     bind "$REPO" /src
     bind "$ARM_TARGET" /target
     bind "$CACHE/arm-cargo-home" /cargo-home
+    # The shared real data beside the clone (../shared), which some tests
+    # read through ../../shared from their crate: /src/../shared = /shared.
+    if [[ -d $REPO/../shared ]]; then
+        bind "$(realpath "$REPO/../shared")" /shared
+        mount -o remount,bind,ro "$CHROOT/shared"
+    fi
     cp /etc/resolv.conf "$CHROOT/etc/resolv.conf"
     if [[ -r /etc/ssl/certs/ca-certificates.crt ]]; then
         cp /etc/ssl/certs/ca-certificates.crt "$CHROOT/etc/ssl/host-ca.crt"
@@ -193,10 +199,13 @@ unit_tests() {
     local t
     t=$(triple "${1:-aarch64}")
     enter
-    # The black-box suite in tests/ starts the relay binary itself, which an
-    # ARM binary cannot do without binfmt_misc; the smoke path covers it.
-    log "relay-core and appliance tests for $t under qemu"
-    cargo_in_chroot cargo test --locked --release --target "$t" -p relay-core -p appliance
+    # The black-box suites (tests/, appliance/tests/) start the relay binary
+    # themselves, which an ARM test cannot do without binfmt_misc; the smoke
+    # path covers the binary instead.
+    log "relay-core tests and appliance unit tests for $t under qemu"
+    # One invocation for both packages, so that dependencies are built with
+    # the same features as the release build and reused from it.
+    cargo_in_chroot cargo test --locked --release --no-fail-fast --target "$t" -p relay-core -p appliance --lib --bins
 }
 
 smoke() {

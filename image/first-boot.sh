@@ -4,7 +4,7 @@
 # service user so the store and files it creates belong to it.
 #
 # Creates the data directory, the TLS certificate (only if this relay build
-# has a command for it), the site enrollment token and the first admin key,
+# has a `tls` command), the site enrollment token and the first admin key,
 # writes the secrets to $SECRETS (root, 0600) and prints them once on
 # stdout (the console); nothing secret is logged.
 set -eu
@@ -28,10 +28,18 @@ fi
 install -d -m 0700 -o "$USER_NAME" -g "$USER_NAME" "$DATA_DIR"
 log "data directory $DATA_DIR ready"
 
-# TLS belongs to the relay itself; call it only where this build has it.
-if has_command init-tls; then
-    relay init-tls
-    log "TLS certificate created"
+# TLS belongs to the relay itself (it makes its self-signed certificate on
+# first start); where this build has a `tls` command, first boot runs it so
+# the certificate exists and its fingerprint is shown with the secrets. A
+# failure here is not fatal: the relay still makes the certificate itself.
+tls=""
+if has_command tls; then
+    if tls=$(relay tls 2>/dev/null); then
+        log "TLS certificate ready"
+    else
+        tls=""
+        log "warning: 'patchpilot-relay tls' failed; the relay makes its certificate on start"
+    fi
 fi
 
 umask 077
@@ -45,11 +53,14 @@ user=$(echo "$admin" | sed -n 's/^admin user: //p')
 tmp=$(mktemp "$SECRETS.XXXXXX")
 cat >"$tmp" <<TEXT
 PatchPilot relay — first boot, $(date -u +%Y-%m-%dT%H:%M:%SZ)
-host:              $(hostname)
+host:              $(uname -n)
 admin user:        $user
 admin API key:     $key
 enrollment token:  $token
-
+${tls:+
+TLS certificate:
+$tls
+}
 Keep this file safe and delete it once the key and token are stored
 elsewhere. The key is shown only here; a lost key is replaced with
   patchpilot-relay keys create --user $user --name <name>
