@@ -116,7 +116,9 @@ if grep -q -e ppk_ -e "$(sed -n 's/^enrollment token:  //p' "$secrets")" "$work/
     fail "a secret reached the log"
 fi
 [[ $(in_root stat -c %U /var/lib/patchpilot-relay/store/db) == patchpilot-relay ]] || fail "store not owned by the service user"
+[[ $(in_root stat -c '%a %U' /var/lib/patchpilot-relay/tls/relay-key.pem) == "600 patchpilot-relay" ]] || fail "TLS key missing or not private to the service user"
+grep -q "sha256 fingerprint: " "$secrets" || fail "the TLS fingerprint is not shown with the secrets"
 in_root /usr/lib/patchpilot-relay/first-boot.sh >/dev/null 2>&1 || fail "a second first-boot run failed"
 [[ $(grep -c ppk_ "$secrets") == 1 ]] || fail "a second first-boot run changed the secrets"
-log "first boot: store, token and admin key created as the service user; secrets 0600 root, shown once"
+log "first boot: store, TLS certificate, token and admin key created as the service user; secrets 0600 root, shown once"
 log "package test passed"
