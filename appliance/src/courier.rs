@@ -97,6 +97,15 @@ pub enum BundleCommand {
 fn key_text(arg: &str) -> anyhow::Result<String> {
     let path = Path::new(arg);
     if arg.len() != 64 && path.exists() {
+        // `bundle keygen` writes FILE (the secret) beside FILE.pub: both are
+        // 64 hex digits, so the sibling is what tells them apart.
+        let mut public = path.as_os_str().to_owned();
+        public.push(".pub");
+        if Path::new(&public).exists() {
+            bail!(
+                "{arg} is a secret signing key (its public half is {arg}.pub): give the .pub file"
+            );
+        }
         return std::fs::read_to_string(path)
             .map(|t| t.trim().to_string())
             .with_context(|| format!("cannot read {}", path.display()));
@@ -213,6 +222,12 @@ pub async fn bundle(command: BundleCommand) -> anyhow::Result<()> {
             relay,
             out,
         } => {
+            if key.extension().is_some_and(|e| e == "pub") {
+                bail!(
+                    "{} is a public key: sign with the secret key file `bundle keygen` wrote beside it",
+                    key.display()
+                );
+            }
             let key = format::parse_secret_key(&std::fs::read_to_string(&key)?)
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("{} is not a courier secret key", key.display()))?;
@@ -246,12 +261,19 @@ pub async fn bundle(command: BundleCommand) -> anyhow::Result<()> {
         } => {
             let export = read_export(&file, &trust)?;
             let secret = match &resign_secret_file {
-                Some(path) => Some(
-                    std::fs::read_to_string(path)
+                Some(path) => {
+                    let secret = std::fs::read_to_string(path)
                         .with_context(|| format!("cannot read {}", path.display()))?
                         .trim()
-                        .to_string(),
-                ),
+                        .to_string();
+                    if !secret.starts_with("whsec_") || secret.len() < 30 {
+                        bail!(
+                            "{} does not hold a webhook secret (whsec_…, as the relay showed it)",
+                            path.display()
+                        );
+                    }
+                    Some(secret)
+                }
                 None => None,
             };
             let report = msp::replay(

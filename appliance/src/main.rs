@@ -291,6 +291,16 @@ async fn dispatch(command: Command, config: relay_core::RelayConfig) -> anyhow::
         Command::ExportBundle { out } => return courier::export(&config, &out).await,
         Command::Bundle(command) => return courier::bundle(command).await,
         Command::CheckConfig => {
+            // Configured certificate files are part of the config: a pair
+            // that `serve` would refuse fails the check too.
+            if !config.server.tls_cert_file.is_empty() {
+                relay_core::tls::TlsIdentity::from_files(
+                    std::path::Path::new(&config.server.tls_cert_file),
+                    std::path::Path::new(&config.server.tls_key_file),
+                    relay_core::tls::Source::Configured,
+                )
+                .context("server.tls_cert_file / server.tls_key_file")?;
+            }
             println!("{}", toml::to_string_pretty(&config)?);
             return Ok(());
         }

@@ -20,12 +20,12 @@ pub const GENERATED_KEY: &str = "relay-key.pem";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         path: PathBuf,
         source: std::io::Error,
@@ -190,7 +190,14 @@ impl TlsIdentity {
             .map_err(|err| TlsError::Mismatch(err.to_string()))?
             .with_no_client_auth()
             .with_single_cert(self.chain.clone(), self.key.clone_key())
-            .map_err(|err| TlsError::Mismatch(err.to_string()))?;
+            .map_err(|err| {
+                TlsError::Mismatch(match err {
+                    rustls::Error::InconsistentKeys(_) => {
+                        "the private key does not belong to the certificate".to_string()
+                    }
+                    other => other.to_string(),
+                })
+            })?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }

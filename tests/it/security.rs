@@ -400,6 +400,11 @@ async fn the_audit_trail_records_api_and_cli_changes_for_admins_only() {
     let mine = api.get(&format!("/api/audit?user_id={viewer_id}")).await;
     assert_eq!(mine.body["total"], 1, "{}", mine.text);
     assert_eq!(api.get("/api/audit?since=yesterday").await.status, 400);
+    assert_eq!(
+        api.get("/api/audit?since=2026-12-04T20:49:00").await.status,
+        422,
+        "a time without an offset is 422, as everywhere in the contract"
+    );
     let text = serde_json::to_string(&entries).expect("json");
     assert!(!text.contains(&relay.admin_key[4..20]));
     assert!(!text.contains(&key.body["key"].as_str().expect("key")[4..20]));

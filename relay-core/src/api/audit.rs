@@ -252,12 +252,29 @@ pub fn audit_page(relay: &crate::relay::Relay, params: &Params) -> ApiResult<ser
     let outcome = params.parsed("outcome", "success, denied or refused", |v| {
         matches!(v, "success" | "denied" | "refused").then(|| v.to_string())
     })?;
+    // A time without an offset is well-formed but ambiguous: 422, as the
+    // contract says for every time; anything else unreadable is 400.
+    let since = match params.get("since") {
+        None => None,
+        Some(v) => match Timestamp::parse(v) {
+            Ok(t) => Some(t),
+            Err(crate::clock::TimeError::MissingOffset) => {
+                return Err(ApiError::Invalid(vec![crate::error::FieldError::new(
+                    "since",
+                    "a time needs an offset such as Z or +01:00",
+                )]))
+            }
+            Err(_) => {
+                return Err(ApiError::BadRequest(
+                    "since must be an RFC 3339 time with an offset (encode + as %2B)".into(),
+                ))
+            }
+        },
+    };
     let filter = AuditFilter {
         user_id: params.parsed("user_id", "a usr_ id", |v| v.parse::<UserId>().ok())?,
         key_id: params.parsed("key_id", "a key_ id", |v| v.parse::<KeyId>().ok())?,
-        since: params.parsed("since", "an RFC 3339 time with an offset", |v| {
-            Timestamp::parse(v).ok()
-        })?,
+        since,
         outcome,
     };
     let (rows, total) = relay.audit_page(&filter, before, limit + 1)?;

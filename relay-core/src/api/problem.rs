@@ -70,7 +70,10 @@ impl ApiError {
                 format!("the request body is larger than {limit} bytes")
             }
             ApiError::UnsupportedMediaType => {
-                "send the body as Content-Type: application/json".into()
+                "send the body with a Content-Type this route takes: application/json \
+                 (POST /api/assessments also takes text/plain, POST /api/bundles \
+                 application/octet-stream)"
+                    .into()
             }
             ApiError::Invalid(errors) => match errors.first() {
                 Some(e) => format!("{}: {}", e.field, e.message),

@@ -42,6 +42,39 @@ pub enum SystemInfoError {
     NoSystemType,
     #[error("unknown system type {0:?}")]
     UnknownSystemType(String),
+    #[error("the hotfix list is cut short: {declared} declared, {listed} listed")]
+    Truncated { declared: usize, listed: usize },
+    #[error("more than {MAX_HOTFIXES} hotfixes")]
+    TooManyHotfixes,
+}
+
+/// Hotfixes a dump may list at most (the JSON form has the same bound).
+pub const MAX_HOTFIXES: usize = 5000;
+
+/// A list section (`Hotfix(s): 3 Hotfix(s) Installed.` and its `[NN]:`
+/// entries): the count its header declares and the entries that follow.
+#[derive(Default)]
+struct Section {
+    declared: Option<usize>,
+    listed: usize,
+    has_kb: bool,
+}
+
+impl Section {
+    /// A hotfix section with fewer entries than its header says was cut off
+    /// (a partial copy, a truncated upload): assessing it would report the
+    /// missing entries' updates as not installed.
+    fn check(&self) -> Result<(), SystemInfoError> {
+        match self.declared {
+            Some(declared) if self.has_kb && self.listed < declared => {
+                Err(SystemInfoError::Truncated {
+                    declared,
+                    listed: self.listed,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Per language: (code, host name, original install date).
@@ -106,15 +139,32 @@ pub fn parse_systeminfo(text: &str) -> Result<SystemInfo, SystemInfoError> {
     let text = text.replace('\u{a0}', " ");
     let mut fields: Vec<(&str, &str)> = Vec::new();
     let mut hotfixes: Vec<String> = Vec::new();
+    let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut section = Section::default();
     for line in text.lines().map(|l| l.trim_end_matches('\r')) {
         if line.starts_with(|c: char| c.is_whitespace()) {
-            push_hotfix(&mut hotfixes, line);
+            if is_entry(line) {
+                section.listed += 1;
+                if push_hotfix(&mut hotfixes, &mut seen, line) {
+                    section.has_kb = true;
+                }
+                if hotfixes.len() > MAX_HOTFIXES {
+                    return Err(SystemInfoError::TooManyHotfixes);
+                }
+            }
             continue;
         }
         if let Some((key, value)) = line.split_once(':') {
-            fields.push((key.trim(), value.trim()));
+            section.check()?;
+            let value = value.trim();
+            section = Section {
+                declared: value.split_whitespace().next().and_then(|n| n.parse().ok()),
+                ..Section::default()
+            };
+            fields.push((key.trim(), value));
         }
     }
+    section.check()?;
 
     let (os_version, build) = fields
         .iter()
@@ -163,19 +213,30 @@ pub fn parse_systeminfo(text: &str) -> Result<SystemInfo, SystemInfoError> {
     })
 }
 
-/// Adds the KB of a `[01]: KB5031354` line; other entries (`File 1`, NICs)
-/// are skipped.
-fn push_hotfix(hotfixes: &mut Vec<String>, line: &str) {
-    let Some((index, entry)) = line.split_once("]:") else {
-        return;
+/// A `[01]: …` list entry.
+fn is_entry(line: &str) -> bool {
+    line.split_once("]:")
+        .is_some_and(|(index, _)| index.trim_start().starts_with('['))
+}
+
+/// Adds the KB of a `[01]: KB5031354` line (once); other entries (`File 1`,
+/// NICs) are skipped. Returns whether the entry was a KB.
+fn push_hotfix(
+    hotfixes: &mut Vec<String>,
+    seen: &mut std::collections::HashSet<String>,
+    line: &str,
+) -> bool {
+    let Some((_, entry)) = line.split_once("]:") else {
+        return false;
     };
-    if !index.trim_start().starts_with('[') {
-        return;
-    }
-    if let Some(kb) = crate::inventory::normalize_kb(entry) {
-        if entry.trim().len() > 2 && !hotfixes.contains(&kb) {
-            hotfixes.push(kb);
+    match crate::inventory::normalize_kb(entry) {
+        Some(kb) if entry.trim().len() > 2 => {
+            if seen.insert(kb.clone()) {
+                hotfixes.push(kb);
+            }
+            true
         }
+        _ => false,
     }
 }
 
@@ -243,6 +304,36 @@ mod tests {
         assert_eq!(info.language, Some("en"));
         assert_eq!(info.install_date.as_deref(), Some("2020-07-22"));
         assert_eq!(info.hotfixes, ["KB1", "KB22"]);
+    }
+
+    #[test]
+    fn a_cut_off_hotfix_list_and_a_flood_are_refused() {
+        let head = "Host Name: H\nOS Name: Microsoft Windows 10 Pro\n\
+                    OS Version: 10.0.19045 N/A Build 19045\nSystem Type: x64-based PC\n";
+        let cut =
+            format!("{head}Hotfix(s): 4 Hotfix(s) Installed.\n  [01]: KB5029921\n  [02]: KB50");
+        assert_eq!(
+            parse_systeminfo(&cut),
+            Err(SystemInfoError::Truncated {
+                declared: 4,
+                listed: 2
+            })
+        );
+        let whole = format!(
+            "{head}Hotfix(s): 2 Hotfix(s) Installed.\n  [01]: KB5029921\n  [02]: KB5030211\n"
+        );
+        assert_eq!(
+            parse_systeminfo(&whole).expect("parses").hotfixes,
+            ["KB5029921", "KB5030211"]
+        );
+        let mut flood = format!("{head}Hotfix(s): 6000 Hotfix(s) Installed.\n");
+        for i in 0..6000 {
+            flood.push_str(&format!("  [{i:02}]: KB{}\n", 5_000_000 + i));
+        }
+        assert_eq!(
+            parse_systeminfo(&flood),
+            Err(SystemInfoError::TooManyHotfixes)
+        );
     }
 
     #[test]
