@@ -191,8 +191,13 @@ fn tls_command(config: &relay_core::RelayConfig, regenerate: bool) -> anyhow::Re
     println!("sha256 fingerprint: {}", identity.fingerprint_colons());
     println!("names: {}", identity.names.join(", "));
     println!("expires: {}", identity.not_after);
+    let port = config
+        .server
+        .https_listen
+        .parse::<std::net::SocketAddr>()
+        .map_or(8443, |addr| addr.port());
     println!(
-        "pin with curl: curl --insecure --pinnedpubkey 'sha256//{}' https://<relay>:8443/…",
+        "pin with curl: curl --insecure --pinnedpubkey 'sha256//{}' https://<relay>:{port}/…",
         identity.spki_sha256
     );
     if regenerate {
