@@ -412,6 +412,13 @@ async fn the_audit_trail_records_api_and_cli_changes_for_admins_only() {
     let out = relay.cli(&["audit", "--limit", "1"]).expect("cli audit");
     let cli: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(cli["entries"][0]["action"], "POST /users");
+    // Data leaving the box is recorded although it is a read.
+    assert_eq!(api.get("/api/bundles/export").await.status, 200);
+    let newest = api.get("/api/audit?limit=1").await;
+    assert_eq!(
+        newest.body["entries"][0]["action"],
+        "GET /api/bundles/export"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

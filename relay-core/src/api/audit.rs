@@ -35,8 +35,11 @@ const MAX_SCANNED_RESPONSE: usize = 256 * 1024;
 /// answer from the body and the catalog).
 const READ_ONLY_POSTS: &[&str] = &["/api/assessments", "/assess"];
 
-/// Reads that are recorded anyway: data leaving the box.
-const AUDITED_READS: &[&str] = &["/api/bundles/export", "/backup", "/bundles/export"];
+/// Reads that are recorded anyway: data leaving the box. Paths as the
+/// layers see them: the API router is nested, so its `/api` prefix is
+/// already stripped, and `/bundles/export` names both the API's export and
+/// the control socket's.
+const AUDITED_READS: &[&str] = &["/backup", "/bundles/export"];
 
 fn is_change(method: &Method) -> bool {
     matches!(
